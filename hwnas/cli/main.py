@@ -1,0 +1,132 @@
+"""The ``hwnas`` command: thin Typer commands over the Python API (no logic lives here)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hwnas.cli.common import emit
+from hwnas.errors import HwnasError
+
+app = typer.Typer(
+    name="hwnas",
+    help="Hardware-aware NAS deployment. Jobs: `profile` a device, `search` for a latency target, "
+         "`export` an optimized engine; `run` does all three on the embedded default.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+supernet_app = typer.Typer(help="Train and evaluate the weight-sharing supernet.", no_args_is_help=True)
+app.add_typer(supernet_app, name="supernet")
+
+JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+
+
+def _command_line() -> str:
+    return "hwnas " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@app.command("supernets")
+def supernets_cmd(json_: bool = JSON_OPT) -> None:
+    """List the registered supernet families and their search spaces."""
+    from hwnas.supernet.registry import DEFAULT_SUPERNET, default_weights_path, get_config, list_supernets
+
+    rows = []
+    for name in list_supernets():
+        cfg = get_config(name)
+        sp = cfg.space
+        w = default_weights_path(name)
+        rows.append({"name": name, "default": name == DEFAULT_SUPERNET, "dataset": cfg.dataset,
+                     "classes": cfg.n_classes, "in_channels": cfg.in_channels, "space": sp.to_dict(),
+                     "shipped_weights": str(w) if w else None})
+
+    def human(rs):
+        for r in rs:
+            s = r["space"]
+            flag = " (default)" if r["default"] else ""
+            wt = "shipped weights" if r["shipped_weights"] else "no shipped weights: pass --weights"
+            typer.echo(f"{r['name']}{flag}: {r['dataset']}, {s['n_stages']} stages x {s['max_depth']} blocks, "
+                       f"ks {s['ks_list']}, e {s['e_list']}, d {s['d_list']}, r {s['resolutions'][0]}-"
+                       f"{s['resolutions'][-1]}; {wt}")
+
+    emit(rows, json_, human)
+
+
+@app.command("sample")
+def sample_cmd(
+    supernet: str = typer.Option("mbv3_fmnist", help="Supernet family."),
+    which: str = typer.Option("random", help="random | min | max"),
+    seed: int = typer.Option(0, help="Seed for random sampling."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the arch JSON here."),
+    json_: bool = JSON_OPT,
+) -> None:
+    """Write an arch file (random, smallest or largest subnet) that other commands take."""
+    import json
+
+    from hwnas.errors import ArchError
+    from hwnas.export.api import _write_json_atomic
+    from hwnas.supernet.registry import get_config
+
+    sp = get_config(supernet).space
+    if which not in ("random", "min", "max"):
+        raise ArchError(f"--which {which!r} is not one of random, min, max")
+    arch = {"random": lambda: sp.sample(seed), "min": sp.min_arch, "max": sp.max_arch}[which]()
+    res = {"arch": arch, "arch_id": sp.arch_id(arch), "supernet": supernet}
+    if out is not None:
+        _write_json_atomic(out, arch)
+        res["path"] = str(out)
+    emit(res, json_, lambda r: typer.echo(json.dumps(r["arch"]) if out is None else
+                                          f"wrote {out} ({r['arch_id']})"))
+
+
+@app.command("export")
+def export_cmd(
+    arch: str = typer.Option(..., "--arch", help="Arch JSON file (or inline JSON)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output file (.onnx / .engine); a manifest OUT.json goes beside it."),
+    supernet: str = typer.Option("mbv3_fmnist", help="Supernet family."),
+    weights: Optional[Path] = typer.Option(None, help="Supernet state dict (default: the shipped weights)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | onnx-int8 | tensorrt"),
+    batch: int = typer.Option(1, help="Static batch size."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch dimension dynamic."),
+    no_optimize: bool = typer.Option(False, "--no-optimize", help="Skip graph optimization (onnxslim)."),
+    json_: bool = JSON_OPT,
+) -> None:
+    """Export a subnet as a verified engine with a manifest."""
+    from hwnas.export.api import export_subnet
+    from hwnas.supernet.arch import parse_arch
+
+    a = parse_arch(arch)
+    res = export_subnet(a, out, supernet, str(weights) if weights else None, fmt=fmt, batch=batch,
+                        dynamic_batch=dynamic_batch, optimize=not no_optimize, command=_command_line())
+
+    def human(m):
+        chk = m.get("output_check") or {}
+        typer.echo(f"wrote {m['path']} ({m['format']}, {m['precision']}, arch {m['arch_id']})")
+        if chk:
+            typer.echo(f"  check vs PyTorch on {chk['inputs']}: max abs err {chk['max_abs_err']:.2e}, "
+                       f"top-1 agreement {chk['top1_agreement']:.4f}")
+        typer.echo(f"  manifest {m['manifest']}")
+
+    emit(res, json_, human)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: user errors print one line and exit 1, never a traceback."""
+    from hwnas.cli import commands  # noqa: F401  (registers the job commands on ``app``)
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except HwnasError as exc:
+        typer.echo(f"hwnas: error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("hwnas: interrupted", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
