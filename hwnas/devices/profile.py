@@ -1,0 +1,234 @@
+"""Profiling jobs: measure many subnets on a device into the store (resumable), or one ONNX file."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from hwnas.devices.backends import create_backend, fingerprint_for, get_backend_class, runtime_config
+from hwnas.devices.modelfile import check_onnx_file
+from hwnas.devices.protocol import ProtocolSettings
+from hwnas.devices.spec import DeviceSpec, load_device
+from hwnas.devices.store import Store
+from hwnas.errors import DeviceUnavailableError, HwnasError, StoreError
+
+Arch = dict
+# build_model(arch) -> (ONNX path or nn.Module, full input shape or None)
+ModelBuilder = Callable[[Arch], tuple[Any, Sequence[int] | None]]
+
+
+class ProfileError(HwnasError, ValueError):
+    """A profiling request is invalid (e.g. too few samples)."""
+
+
+@dataclass(frozen=True)
+class ProfileEvent:
+    """Progress of a profiling job, passed to the ``progress`` callback after each arch."""
+
+    done: int
+    total: int
+    arch_id: str
+    status: str  # "measured" | "skipped" | "failed"
+    median_ms: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _as_spec(device: str | Path | DeviceSpec) -> DeviceSpec:
+    return device if isinstance(device, DeviceSpec) else load_device(device)
+
+
+def _require_available(spec: DeviceSpec) -> None:
+    reason = get_backend_class(spec.backend).unavailable_reason(spec)
+    if reason:
+        raise DeviceUnavailableError(f"device {spec.name!r} cannot run here: {reason}")
+
+
+def profile_archs(
+    store: Store,
+    spec: DeviceSpec | str,
+    archs: Iterable[tuple[str, Arch]],
+    build_model: ModelBuilder,
+    supernet_name: str,
+    *,
+    settings: ProtocolSettings | None = None,
+    progress: Callable[[ProfileEvent], None] | None = None,
+    delete_models: bool = False,
+) -> dict[str, Any]:
+    """Measure each ``(arch_id, arch)`` on ``spec`` and write each row to ``store`` as it goes.
+
+    Archs already in the store for this device fingerprint, runtime config, batch and precision are
+    skipped, so a killed run resumes where it stopped.  ``build_model(arch)`` returns an ONNX path
+    (``ort``/``tensorrt``/``remote``) or an ``nn.Module`` (torch backends) and the full input shape
+    (or ``None`` to read it from the ONNX file); with ``delete_models`` returned files are deleted
+    once measured.  An arch whose model cannot be built or loaded (any ``HwnasError`` but an
+    unavailable device or a store error, which stop the job) is reported in ``failed`` and the job
+    goes on.
+
+    Returns a summary: counts, ``wall_s`` (the whole job), ``timed_s`` (inside timed inferences),
+    ``overhead`` (= wall / timed) and ``subnets_per_min``.
+    """
+    spec = _as_spec(spec)
+    _require_available(spec)
+    s = settings or ProtocolSettings.from_mapping(spec.protocol)
+    fp = fingerprint_for(spec)
+    store.add_fingerprint(fp)
+    rc = runtime_config(spec)
+    done = store.measured_arch_ids(fp.fp_hash, rc, spec.batch, spec.precision)
+    todo: dict[str, Arch] = {}
+    for arch_id, arch in archs:
+        todo.setdefault(arch_id, arch)
+    total = len(todo)
+    measured, skipped, timed_s = 0, 0, 0.0
+    failed: list[dict[str, str]] = []
+    t0 = time.perf_counter()
+    for i, (arch_id, arch) in enumerate(todo.items(), start=1):
+        if arch_id in done:
+            skipped += 1
+            if progress:
+                progress(ProfileEvent(i, total, arch_id, "skipped"))
+            continue
+        model: Any = None
+        try:
+            model, shape = build_model(arch)
+            with create_backend(spec, model=model, input_shape=shape) as backend:
+                m = backend.measure(s)
+        except (DeviceUnavailableError, StoreError):
+            raise
+        except HwnasError as exc:  # this arch's model cannot be built or loaded: note it, go on
+            failed.append({"arch_id": arch_id, "error": str(exc)})
+            if progress:
+                progress(ProfileEvent(i, total, arch_id, "failed", error=str(exc)))
+            continue
+        finally:
+            if delete_models and isinstance(model, (str, Path)):
+                Path(model).unlink(missing_ok=True)
+        store.add_measurement(
+            fp.fp_hash, rc, arch_id, m, batch=spec.batch, precision=spec.precision,
+            arch=arch, supernet=supernet_name, device=spec.name,
+        )  # fmt: skip
+        done.add(arch_id)
+        measured += 1
+        timed_s += m.timed_s
+        if progress:
+            progress(ProfileEvent(i, total, arch_id, "measured", median_ms=m.median_ms))
+    wall = time.perf_counter() - t0
+    return {
+        "device": spec.name,
+        "fp_hash": fp.fp_hash,
+        "runtime_config": rc,
+        "batch": spec.batch,
+        "precision": spec.precision,
+        "supernet": supernet_name,
+        "store": str(store.path),
+        "requested": total,
+        "measured": measured,
+        "skipped": skipped,
+        "failed": failed,
+        "wall_s": wall,
+        "timed_s": timed_s,
+        "overhead": wall / timed_s if timed_s > 0 else None,
+        "subnets_per_min": measured / wall * 60 if wall > 0 and measured else 0.0,
+        "settings": s.to_dict(),
+    }
+
+
+def file_arch_id(path: str | Path) -> str:
+    """A store key for an arbitrary ONNX file: the hash of its bytes."""
+    h = hashlib.sha1()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return f"file-{h.hexdigest()[:12]}"
+
+
+def profile_onnx_file(
+    path: str | Path,
+    device: str | Path | DeviceSpec,
+    *,
+    settings: ProtocolSettings | None = None,
+    time_cap_s: float | None = None,
+    input_shape: Sequence[int] | None = None,
+    store: Store | None = None,
+) -> dict[str, Any]:
+    """Measure any ONNX file on ``device``; the file is validated first (``ModelFileError``, one line).
+
+    With ``store`` the result is also written, keyed by the hash of the file's bytes.  Returns
+    ``{"model", "device", "runtime_config", "measurement", "fingerprint", "settings"}``.
+    """
+    p = check_onnx_file(path)
+    spec = _as_spec(device)
+    _require_available(spec)
+    s = settings or ProtocolSettings.from_mapping(spec.protocol)
+    s = s.replace(time_cap_s=time_cap_s)
+    with create_backend(spec, model=p, input_shape=input_shape) as backend:
+        m = backend.measure(s)
+        fp = getattr(backend, "last_fingerprint", None) or backend.fingerprint()
+    rc = runtime_config(spec)
+    out = {
+        "model": str(p),
+        "device": spec.name,
+        "runtime_config": rc,
+        "measurement": m.to_dict(),
+        "fingerprint": fp.to_dict(),
+        "settings": s.to_dict(),
+    }
+    if store is not None:
+        arch_id = file_arch_id(p)
+        store.add_fingerprint(fp)
+        store.add_measurement(fp.fp_hash, rc, arch_id, m, batch=spec.batch, precision=spec.precision, device=spec.name)
+        out["arch_id"] = arch_id
+    return out
+
+
+def stratified_sample(
+    space: Any,
+    n: int,
+    rng: np.random.Generator | int | None,
+    size_fn: Callable[[Arch], float],
+    *,
+    pool_factor: int = 5,
+) -> list[tuple[str, Arch]]:
+    """``n`` distinct archs spread evenly over small/medium/large (terciles of ``size_fn``).
+
+    ``space`` is an ``ArchSpace`` (``sample``, ``min_arch``, ``max_arch``, ``arch_id``, ``canonical``).
+    ``space.min_arch()`` and ``space.max_arch()`` are always included; the rest are drawn in turn from
+    the three size bins of a random pool of ``pool_factor * n`` archs, deduplicated by ``arch_id``.
+    Fewer than ``n`` come back only if the space has fewer distinct archs than the pool found.
+    """
+    if n < 2:
+        raise ProfileError(f"need at least 2 samples (the smallest and the largest arch are always measured); got {n}")
+    gen = np.random.default_rng(rng)
+    canon: Callable[[Mapping[str, Any]], Arch] = getattr(space, "canonical", dict)
+    chosen: dict[str, Arch] = {}
+    for a in (space.min_arch(), space.max_arch()):
+        chosen.setdefault(space.arch_id(a), canon(a))
+    pool: dict[str, Arch] = {}
+    for _ in range(max(pool_factor * n, 30)):
+        a = space.sample(gen)
+        aid = space.arch_id(a)
+        if aid not in chosen:
+            pool.setdefault(aid, canon(a))
+    ids = list(pool)
+    if ids:
+        sizes = np.array([float(size_fn(pool[i])) for i in ids])
+        edges = np.quantile(sizes, [1 / 3, 2 / 3])
+        labels = np.digitize(sizes, edges, right=True)  # 0 small, 1 medium, 2 large
+        bins = [[ids[j] for j in gen.permutation(np.flatnonzero(labels == k))] for k in range(3)]
+        k = 0
+        while len(chosen) < n and any(bins):
+            if bins[k]:
+                aid = bins[k].pop()
+                chosen[aid] = pool[aid]
+            k = (k + 1) % 3
+    return list(chosen.items())
+
+
+__all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "file_arch_id", "profile_archs", "profile_onnx_file", "stratified_sample"]

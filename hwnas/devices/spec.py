@@ -1,0 +1,233 @@
+"""Device specs: one TOML file per device in the repo's top-level ``devices/`` directory.
+
+A spec says which backend measures on the device, with which options (threads, execution provider,
+graph optimization level, precision, ...), at which batch size, and for remote devices how to reach
+the agent (``address``) and which environment variable holds its token (``token_env``)::
+
+    name = "ort-cpu-1t"
+    backend = "ort"
+    batch = 1
+    precision = "fp32"
+    [options]
+    provider = "CPUExecutionProvider"
+    intra_op_threads = 1
+    [protocol]          # optional overrides of the measurement protocol
+    time_cap_s = 3.0
+
+Specs are looked up in ``$HWNAS_DEVICES_DIR`` (one or more directories separated by ``os.pathsep``)
+first, then in the repo's ``devices/``; a path to a ``.toml`` file works too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import hwnas
+from hwnas.errors import HwnasError, UnknownDeviceError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEVICES_ENV = "HWNAS_DEVICES_DIR"
+REPO_DEVICES_DIR = Path(hwnas.__file__).resolve().parents[1] / "devices"
+_TOP_KEYS = {"name", "description", "backend", "batch", "precision", "options", "protocol", "address", "token_env"}
+
+
+class DeviceSpecError(HwnasError, ValueError):
+    """A device spec file is malformed."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """What runs the measurements on one device and how."""
+
+    name: str
+    backend: str
+    description: str = ""
+    batch: int = 1
+    precision: str = "fp32"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    protocol: Mapping[str, Any] = field(default_factory=dict)
+    address: str | None = None
+    token_env: str | None = None
+    source: str | None = None  # the file it was read from
+
+    def __post_init__(self) -> None:
+        where = f" in {self.source}" if self.source else ""
+        if not self.name or not isinstance(self.name, str):
+            raise DeviceSpecError(f"device spec{where} needs a non-empty string 'name'")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise DeviceSpecError(f"device spec {self.name!r}{where} needs a string 'backend'")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise DeviceSpecError(f"device spec {self.name!r}{where}: 'batch' must be a positive int; got {self.batch!r}")
+        if self.precision not in PRECISIONS:
+            raise DeviceSpecError(
+                f"device spec {self.name!r}{where}: 'precision' = {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        for key in ("options", "protocol"):
+            if not isinstance(getattr(self, key), Mapping):
+                raise DeviceSpecError(f"device spec {self.name!r}{where}: [{key}] must be a table")
+        if self.backend == "remote" and not (self.address and self.token_env):
+            raise DeviceSpecError(f"remote device spec {self.name!r}{where} needs 'address' and 'token_env'")
+
+    def __hash__(self) -> int:  # options/protocol are dicts; hash the canonical JSON instead
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
+    @property
+    def is_remote(self) -> bool:
+        return self.backend == "remote"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "backend": self.backend,
+            "description": self.description,
+            "batch": self.batch,
+            "precision": self.precision,
+            "options": dict(self.options),
+            "protocol": dict(self.protocol),
+        }
+        if self.address is not None:
+            out["address"] = self.address
+        if self.token_env is not None:
+            out["token_env"] = self.token_env
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> DeviceSpec:
+        where = f" in {source}" if source else ""
+        unknown = sorted(set(data) - _TOP_KEYS - {"source"})
+        if unknown:
+            raise DeviceSpecError(
+                f"device spec{where} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+            )
+        return cls(
+            name=data.get("name", ""),
+            backend=data.get("backend", ""),
+            description=str(data.get("description", "")),
+            batch=data.get("batch", 1),
+            precision=data.get("precision", "fp32"),
+            options=dict(data.get("options", {})),
+            protocol=dict(data.get("protocol", {})),
+            address=data.get("address"),
+            token_env=data.get("token_env"),
+            source=source if source is not None else data.get("source"),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A spec plus whether it can run on this machine, and if not, why."""
+
+    spec: DeviceSpec
+    available: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.spec.to_dict(), "available": self.available, "reason": self.reason}
+
+
+def device_dirs() -> list[Path]:
+    """Directories searched for ``<name>.toml``, first match wins."""
+    dirs = [Path(p).expanduser() for p in os.environ.get(DEVICES_ENV, "").split(os.pathsep) if p]
+    dirs.append(REPO_DEVICES_DIR)
+    return dirs
+
+
+def _spec_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in device_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.toml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def load_spec_file(path: str | Path) -> DeviceSpec:
+    """Read and validate one spec file (the name defaults to the file's stem)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DeviceSpecError(f"device spec file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DeviceSpecError(f"device spec {p} is not valid TOML ({exc})") from None
+    data.setdefault("name", p.stem)
+    if data["name"] != p.stem:
+        raise DeviceSpecError(f"device spec {p} says name = {data['name']!r}; the name must match the file name ({p.stem!r})")
+    spec = DeviceSpec.from_dict(data, source=str(p))
+    from hwnas.devices.backends import get_backend_class
+
+    get_backend_class(spec.backend).resolve_options(spec)  # unknown backend / option -> clear error
+    return spec
+
+
+def device_names() -> list[str]:
+    return sorted(_spec_files())
+
+
+def load_device(name_or_path: str | Path) -> DeviceSpec:
+    """A spec by name (``ort-cpu-1t``) or by path to a ``.toml`` file."""
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if s.endswith(".toml") or os.sep in s or (os.altsep and os.altsep in s):
+        if not p.is_file():
+            raise UnknownDeviceError(
+                f"device spec file {p} does not exist; known devices: {', '.join(device_names()) or '(none)'}"
+            )
+        return load_spec_file(p)
+    files = _spec_files()
+    if s not in files:
+        raise UnknownDeviceError(
+            f"unknown device {s!r}; choose one of: {', '.join(sorted(files)) or '(none found)'}"
+            f" (or pass a path to a .toml spec; specs are read from {', '.join(str(d) for d in device_dirs())})"
+        )
+    return load_spec_file(files[s])
+
+
+def device_status(spec: DeviceSpec) -> DeviceInfo:
+    """Whether ``spec`` can run here; cheap (no model is loaded, remote agents get a 1 s health check)."""
+    from hwnas.devices.backends import get_backend_class
+
+    try:
+        reason = get_backend_class(spec.backend).unavailable_reason(spec)
+    except HwnasError as exc:
+        reason = str(exc)
+    return DeviceInfo(spec=spec, available=reason is None, reason=reason or "")
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every known device spec, each saying whether it can run here and if not, why.
+
+    A malformed spec file is listed as unavailable with the parse error as its reason, so one bad file
+    does not hide the others.
+    """
+    out: list[DeviceInfo] = []
+    for name, path in sorted(_spec_files().items()):
+        try:
+            spec = load_spec_file(path)
+        except HwnasError as exc:
+            out.append(DeviceInfo(DeviceSpec(name=name, backend="invalid", source=str(path)), False, str(exc)))
+            continue
+        out.append(device_status(spec))
+    return out
+
+
+__all__ = [
+    "DEVICES_ENV",
+    "DeviceInfo",
+    "DeviceSpec",
+    "DeviceSpecError",
+    "PRECISIONS",
+    "device_dirs",
+    "device_names",
+    "device_status",
+    "list_devices",
+    "load_device",
+    "load_spec_file",
+]

@@ -1,0 +1,270 @@
+"""The measurement store: one SQLite file (WAL mode) holding fingerprints, latencies and accuracies.
+
+Every write is its own committed statement, so a profiling run killed with ``kill -9`` loses at most
+the row in flight and a restart skips what is already there.  Measurements are keyed by
+(fingerprint hash, runtime config, arch id, batch, precision); accuracies by (supernet hash, arch id,
+split).  Writing a key again replaces the row (upsert), so there are never duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from hwnas.devices.fingerprint import Fingerprint
+from hwnas.devices.protocol import Measurement
+from hwnas.errors import StoreError
+
+SCHEMA_VERSION = 1
+STORE_KIND = "hwnas-measurement-store"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_STATS = ("median_ms", "p90_ms", "iqr_ms", "mean_ms", "std_ms", "min_ms", "cv", "ci_low_ms", "ci_high_ms", "n")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fingerprints (fp_hash TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY,
+    fp_hash TEXT NOT NULL,
+    runtime_config TEXT NOT NULL,
+    arch_id TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    precision TEXT NOT NULL,
+    device TEXT NOT NULL DEFAULT '',
+    supernet TEXT NOT NULL DEFAULT '',
+    arch_json TEXT,
+    {", ".join(f"{c} {'INTEGER' if c == 'n' else 'REAL'} NOT NULL" for c in _STATS)},
+    converged INTEGER NOT NULL,
+    measurement_json TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (fp_hash, runtime_config, arch_id, batch, precision)
+);
+CREATE INDEX IF NOT EXISTS measurements_supernet ON measurements (supernet);
+CREATE TABLE IF NOT EXISTS accuracies (
+    id INTEGER PRIMARY KEY,
+    supernet_hash TEXT NOT NULL,
+    arch_id TEXT NOT NULL,
+    split TEXT NOT NULL,
+    supernet TEXT NOT NULL DEFAULT '',
+    arch_json TEXT,
+    accuracy REAL NOT NULL,
+    n_images INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (supernet_hash, arch_id, split)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class Store:
+    """``Store(path)``: open (creating if needed) a measurement store; use as a context manager."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        p = self.path
+        if p.is_dir():
+            raise StoreError(f"store path {p} is a directory; pass a file path such as runs/measurements.sqlite")
+        if p.is_file() and p.stat().st_size > 0:
+            with p.open("rb") as fh:
+                if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                    raise StoreError(f"{p} is not a measurement store (not an SQLite database); pass another --store path")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of store {p} ({exc.strerror})") from None
+        self._con: sqlite3.Connection | None = None
+        try:
+            self._con = sqlite3.connect(str(p), timeout=30.0, isolation_level=None)
+            self._con.row_factory = sqlite3.Row
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreError(f"{p} is not a usable measurement store ({exc}); pass another --store path") from None
+
+    # ------------------------------------------------------------------ setup
+    def _init_schema(self) -> None:
+        con = self._conn
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(
+                f"{self.path} is an SQLite database of something else (tables: {', '.join(sorted(tables))}); "
+                "pass another --store path"
+            )
+        if "meta" in tables:
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("kind") != STORE_KIND:
+                raise StoreError(f"{self.path} is an SQLite database of something else; pass another --store path")
+            if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has store schema version {meta.get('schema_version')}; this hwnas reads version "
+                    f"{SCHEMA_VERSION}"
+                )
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('kind', ?)", (STORE_KIND,))
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise StoreError(f"store {self.path} is closed")
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {self.path}: {exc}") from None
+
+    # ------------------------------------------------------------------ fingerprints
+    def add_fingerprint(self, fp: Fingerprint) -> None:
+        self._exec(
+            "INSERT INTO fingerprints (fp_hash, json) VALUES (?, ?) ON CONFLICT(fp_hash) DO UPDATE SET json=excluded.json",
+            (fp.fp_hash, fp.to_json()),
+        )
+
+    def fingerprint(self, fp_hash: str) -> Fingerprint | None:
+        row = self._exec("SELECT json FROM fingerprints WHERE fp_hash=?", (fp_hash,)).fetchone()
+        return Fingerprint.from_dict(json.loads(row[0])) if row else None
+
+    def fingerprints(self) -> list[Fingerprint]:
+        return [Fingerprint.from_dict(json.loads(r[0])) for r in self._exec("SELECT json FROM fingerprints ORDER BY fp_hash")]
+
+    # ------------------------------------------------------------------ measurements
+    def add_measurement(
+        self,
+        fp_hash: str,
+        runtime_config: str,
+        arch_id: str,
+        measurement: Measurement,
+        *,
+        batch: int,
+        precision: str,
+        arch: Mapping[str, Any] | None = None,
+        supernet: str = "",
+        device: str = "",
+    ) -> None:
+        """Insert or replace the row for this key; committed before returning."""
+        m = measurement
+        cols = ["fp_hash", "runtime_config", "arch_id", "batch", "precision", "device", "supernet", "arch_json",
+                *_STATS, "converged", "measurement_json", "created_at"]
+        vals = (
+            fp_hash, runtime_config, arch_id, int(batch), precision, device, supernet,
+            json.dumps(dict(arch), sort_keys=True) if arch is not None else None,
+            *(getattr(m, c) for c in _STATS), int(m.converged), json.dumps(m.to_dict(), sort_keys=True), _now(),
+        )  # fmt: skip
+        keys = ("fp_hash", "runtime_config", "arch_id", "batch", "precision")
+        updates = ", ".join(f"{c}=excluded.{c}" for c in cols if c not in keys)
+        self._exec(
+            f"INSERT INTO measurements ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET {updates}",
+            vals,
+        )
+
+    def has_measurement(self, fp_hash: str, runtime_config: str, arch_id: str, batch: int, precision: str) -> bool:
+        row = self._exec(
+            "SELECT 1 FROM measurements WHERE fp_hash=? AND runtime_config=? AND arch_id=? AND batch=? AND precision=?",
+            (fp_hash, runtime_config, arch_id, int(batch), precision),
+        ).fetchone()
+        return row is not None
+
+    def measured_arch_ids(self, fp_hash: str, runtime_config: str, batch: int, precision: str) -> set[str]:
+        rows = self._exec(
+            "SELECT arch_id FROM measurements WHERE fp_hash=? AND runtime_config=? AND batch=? AND precision=?",
+            (fp_hash, runtime_config, int(batch), precision),
+        )
+        return {r[0] for r in rows}
+
+    def measurements(
+        self, fp_hash: str | None = None, supernet: str | None = None, device: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts (``arch`` decoded, ``converged`` a bool), oldest first, optionally filtered."""
+        where, params = [], []
+        for col, val in (("fp_hash", fp_hash), ("supernet", supernet), ("device", device)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        sql = "SELECT * FROM measurements" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        out = []
+        for r in self._exec(sql, tuple(params)):
+            d = dict(r)
+            d["arch"] = json.loads(d.pop("arch_json")) if d["arch_json"] is not None else None
+            d["converged"] = bool(d["converged"])
+            d.pop("measurement_json")
+            out.append(d)
+        return out
+
+    def measurement(self, fp_hash: str, runtime_config: str, arch_id: str, batch: int, precision: str) -> Measurement | None:
+        row = self._exec(
+            "SELECT measurement_json FROM measurements WHERE fp_hash=? AND runtime_config=? AND arch_id=? "
+            "AND batch=? AND precision=?",
+            (fp_hash, runtime_config, arch_id, int(batch), precision),
+        ).fetchone()
+        return Measurement.from_dict(json.loads(row[0])) if row else None
+
+    def count_measurements(self) -> int:
+        return int(self._exec("SELECT COUNT(*) FROM measurements").fetchone()[0])
+
+    # ------------------------------------------------------------------ accuracies
+    def add_accuracy(
+        self,
+        supernet_hash: str,
+        arch_id: str,
+        split: str,
+        accuracy: float,
+        n_images: int,
+        *,
+        arch: Mapping[str, Any] | None = None,
+        supernet: str = "",
+    ) -> None:
+        self._exec(
+            "INSERT INTO accuracies (supernet_hash, arch_id, split, supernet, arch_json, accuracy, n_images, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(supernet_hash, arch_id, split) DO UPDATE SET "
+            "supernet=excluded.supernet, arch_json=excluded.arch_json, accuracy=excluded.accuracy, "
+            "n_images=excluded.n_images, created_at=excluded.created_at",
+            (
+                supernet_hash, arch_id, split, supernet,
+                json.dumps(dict(arch), sort_keys=True) if arch is not None else None,
+                float(accuracy), int(n_images), _now(),
+            ),
+        )  # fmt: skip
+
+    def accuracies(self, supernet_hash: str, split: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM accuracies WHERE supernet_hash=?" + (" AND split=?" if split is not None else "")
+        params: tuple[Any, ...] = (supernet_hash,) if split is None else (supernet_hash, split)
+        out = []
+        for r in self._exec(sql + " ORDER BY id", params):
+            d = dict(r)
+            d["arch"] = json.loads(d.pop("arch_json")) if d["arch_json"] is not None else None
+            out.append(d)
+        return out
+
+
+__all__ = ["SCHEMA_VERSION", "Store"]

@@ -1,0 +1,182 @@
+"""Profiling jobs: one ONNX file, a resumable list of archs, kill -9 safety, stratified sampling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices_onnx_models import build_convnet
+from hwnas.devices import ProtocolSettings, Store, load_device, profile_archs, profile_onnx_file, stratified_sample
+from hwnas.devices.backends import ModelKindError
+from hwnas.errors import ModelFileError
+from hwnas.supernet.arch import ArchSpace
+
+HERE = Path(__file__).resolve().parent
+FAST = ProtocolSettings(warmup_runs=3, warmup_s=0.01, min_runs=10, time_cap_s=0.2)
+
+
+def test_profile_onnx_file(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = profile_onnx_file(tiny_onnx, "ort-cpu-1t", time_cap_s=0.3)
+    m = out["measurement"]
+    assert m["median_ms"] > 0 and m["n"] >= 30 and out["settings"]["time_cap_s"] == 0.3
+    assert out["device"] == "ort-cpu-1t" and len(out["fingerprint"]["fp_hash"]) == 12
+    with Store(tmp_path / "s.sqlite") as st:
+        out = profile_onnx_file(tiny_onnx, load_device("ort-cpu-1t"), settings=FAST, store=st)
+        rows = st.measurements()
+        assert len(rows) == 1 and rows[0]["arch_id"] == out["arch_id"] and rows[0]["device"] == "ort-cpu-1t"
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "empty", "directory"])
+def test_profile_onnx_file_bad_files(tmp_path: Path, medium_onnx: Path, kind: str) -> None:
+    p = tmp_path / "m.onnx"
+    if kind == "garbage":
+        p.write_bytes(os.urandom(2048))
+    elif kind == "truncated":
+        data = medium_onnx.read_bytes()
+        p.write_bytes(data[: len(data) * 2 // 3])
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "directory":
+        p.mkdir()
+    with pytest.raises(ModelFileError) as ei:
+        profile_onnx_file(p, "ort-cpu-1t")
+    msg = str(ei.value)
+    assert str(p) in msg and "\n" not in msg
+
+
+def test_profile_onnx_file_on_torch_device(tiny_onnx: Path) -> None:
+    with pytest.raises(ModelKindError, match="`ort`"):
+        profile_onnx_file(tiny_onnx, "torch-cpu")
+
+
+def _models(tmp_path: Path, n: int) -> dict[str, Path]:
+    d = tmp_path / "models"
+    d.mkdir(exist_ok=True)
+    return {f"a{i:02d}": build_convnet(d / f"a{i:02d}.onnx", channels=4 + 2 * i, size=12, seed=i) for i in range(n)}
+
+
+def test_profile_archs_resumes_and_reports(tmp_path: Path) -> None:
+    models = _models(tmp_path, 4)
+    archs = [(aid, {"id": aid}) for aid in models]
+    build = lambda arch: (models[arch["id"]], None)  # noqa: E731
+    events = []
+    with Store(tmp_path / "s.sqlite") as st:
+        first = profile_archs(st, "ort-cpu-1t", archs[:2], build, "toy", settings=FAST, progress=events.append)
+        assert first["measured"] == 2 and first["skipped"] == 0 and first["failed"] == []
+        assert first["overhead"] >= 1.0 and first["subnets_per_min"] > 0 and first["timed_s"] > 0
+        assert [e.status for e in events] == ["measured", "measured"] and events[-1].done == events[-1].total == 2
+        second = profile_archs(st, "ort-cpu-1t", archs + archs[:1], build, "toy", settings=FAST)
+        assert second["requested"] == 4 and second["skipped"] == 2 and second["measured"] == 2
+        rows = st.measurements(supernet="toy")
+        assert sorted(r["arch_id"] for r in rows) == sorted(models)
+        assert rows[0]["arch"] == {"id": "a00"} and all(r["fp_hash"] == first["fp_hash"] for r in rows)
+        third = profile_archs(st, "ort-cpu-1t", archs, build, "toy", settings=FAST)
+        assert third["measured"] == 0 and third["skipped"] == 4 and third["overhead"] is None
+
+
+def test_profile_archs_notes_failures_and_goes_on(tmp_path: Path) -> None:
+    models = _models(tmp_path, 2)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"nope")
+
+    def build(arch: dict):
+        return (bad if arch["id"] == "bad" else models[arch["id"]]), None
+
+    archs = [("a00", {"id": "a00"}), ("bad", {"id": "bad"}), ("a01", {"id": "a01"})]
+    with Store(tmp_path / "s.sqlite") as st:
+        out = profile_archs(st, "ort-cpu-1t", archs, build, "toy", settings=FAST)
+        assert out["measured"] == 2 and [f["arch_id"] for f in out["failed"]] == ["bad"]
+        assert len(st.measurements()) == 2
+
+
+def test_profile_archs_torch_modules_and_delete(tmp_path: Path) -> None:
+    import torch
+
+    def build(arch: dict):
+        return torch.nn.Sequential(torch.nn.Conv2d(1, arch["c"], 3), torch.nn.ReLU()), (1, 1, 16, 16)
+
+    with Store(tmp_path / "s.sqlite") as st:
+        out = profile_archs(st, "torch-cpu", [("c4", {"c": 4}), ("c8", {"c": 8})], build, "toy", settings=FAST)
+        assert out["measured"] == 2
+    models = _models(tmp_path, 1)
+    with Store(tmp_path / "t.sqlite") as st:
+        profile_archs(st, "ort-cpu-1t", [("a00", {})], lambda a: (models["a00"], None), "toy", settings=FAST,
+                      delete_models=True)  # fmt: skip
+    assert not models["a00"].exists()
+
+
+def _rows(store: Path) -> list[dict]:
+    with Store(store) as st:
+        return st.measurements()
+
+
+def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
+    """kill -9 while profiling, restart: every arch once, nothing measured twice, nothing lost."""
+    models = _models(tmp_path, 6)
+    store = tmp_path / "kill.sqlite"
+    cmd = [sys.executable, str(HERE / "devices_profile_child.py"), str(store), str(tmp_path / "models"), "0.25"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    finished = []
+    for line in proc.stdout:
+        finished.append(line.split()[1])
+        if len(finished) == 2:
+            time.sleep(0.1)  # now inside the third measurement
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    before = {r["arch_id"]: r["created_at"] for r in _rows(store)}
+    assert set(finished) <= set(before) and len(before) < len(models)
+
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split("\n")
+    assert sum(line.startswith("skipped") for line in lines) == len(before)
+    after = _rows(store)
+    ids = [r["arch_id"] for r in after]
+    assert sorted(ids) == sorted(models) and len(ids) == len(set(ids))
+    assert all(r["created_at"] == before[r["arch_id"]] for r in after if r["arch_id"] in before)
+
+
+def _space() -> ArchSpace:
+    return ArchSpace(n_stages=3, max_depth=2, ks_list=(3, 5), e_list=(2, 4), d_list=(1, 2), resolutions=(16, 24), name="toy")
+
+
+def _size(arch: dict) -> float:
+    """A MACs-like proxy over the active blocks (2 slots per stage)."""
+    active = [s * 2 + j for s, d in enumerate(arch["d"]) for j in range(d)]
+    return float(arch["r"] ** 2 * sum(arch["ks"][i] ** 2 * arch["e"][i] for i in active))
+
+
+def test_stratified_sample() -> None:
+    space = _space()
+    picks = stratified_sample(space, 30, np.random.default_rng(0), _size)
+    ids = [aid for aid, _ in picks]
+    assert len(picks) == 30 and len(set(ids)) == 30
+    assert space.arch_id(space.min_arch()) in ids and space.arch_id(space.max_arch()) in ids
+    assert all(space.arch_id(a) == aid for aid, a in picks)
+    rng = np.random.default_rng(123)
+    lo, hi = np.quantile([_size(space.sample(rng)) for _ in range(3000)], [1 / 3, 2 / 3])
+    sizes = np.array([_size(a) for _, a in picks[2:]])  # the 28 drawn besides min and max
+    counts = [(sizes <= lo).sum(), ((sizes > lo) & (sizes <= hi)).sum(), (sizes > hi).sum()]
+    assert min(counts) >= 6, counts  # about 28/3 from each tercile of the space's size distribution
+    again = stratified_sample(space, 30, 0, _size)
+    assert [a for a, _ in again] == ids  # seeded: reproducible
+
+
+def test_stratified_sample_small_n() -> None:
+    space = _space()
+    picks = stratified_sample(space, 2, 0, _size)
+    assert [aid for aid, _ in picks] == [space.arch_id(space.min_arch()), space.arch_id(space.max_arch())]
+    from hwnas.devices.profile import ProfileError
+
+    with pytest.raises(ProfileError):
+        stratified_sample(space, 1, 0, _size)

@@ -1,0 +1,128 @@
+"""The measurement protocol: statistics, stopping rules, and a real ORT session."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pytest
+
+from hwnas.devices import create_backend, load_device
+from hwnas.devices.protocol import (
+    InputSpec,
+    Measurement,
+    ProtocolError,
+    ProtocolSettings,
+    make_input,
+    median_ci,
+    run_protocol,
+    summarize,
+)
+
+
+class SyntheticRunner:
+    """A runner whose 'inference' takes a scripted time: exercises the stopping rules exactly."""
+
+    def __init__(self, times_ns, sleep: bool = False) -> None:
+        self.times = list(times_ns)
+        self.calls = 0
+        self.sleep = sleep
+        self.prepared: Mapping[str, np.ndarray] | None = None
+
+    def input_specs(self) -> list[InputSpec]:
+        return [InputSpec("x", (1, 4), "float32")]
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> None:
+        self.prepared = inputs
+
+    def time_once(self) -> int:
+        t = self.times[self.calls % len(self.times)]
+        self.calls += 1
+        if self.sleep:
+            time.sleep(t * 1e-9)
+        return t
+
+
+def test_median_ci_brackets_median() -> None:
+    x = np.arange(1, 101, dtype=float)
+    lo, hi = median_ci(x, 0.95)
+    assert lo < np.median(x) < hi
+    assert (lo, hi) == (40.0, 61.0)  # the textbook order statistics for n=100 at 95%
+    assert median_ci(np.array([5.0]), 0.95) == (5.0, 5.0)
+
+
+def test_summarize_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    ns = (1e6 + rng.exponential(1e5, 500)).astype(np.int64)
+    m = summarize(ns, ProtocolSettings(), stop_reason="max_runs", warmup_runs=10, wall_s=1.0)
+    ms = ns / 1e6
+    assert m.median_ms == pytest.approx(np.median(ms))
+    assert m.p90_ms == pytest.approx(np.percentile(ms, 90))
+    assert m.iqr_ms == pytest.approx(np.percentile(ms, 75) - np.percentile(ms, 25))
+    assert m.mean_ms == pytest.approx(ms.mean()) and m.std_ms == pytest.approx(ms.std(ddof=1))
+    assert m.cv == pytest.approx(ms.std(ddof=1) / ms.mean())
+    assert m.ci_low_ms <= m.median_ms <= m.ci_high_ms and m.n == 500
+    assert m.timed_s == pytest.approx(ns.sum() / 1e9)
+    assert Measurement.from_dict(m.to_dict()) == m
+
+
+def test_constant_latency_converges_at_min_runs() -> None:
+    runner = SyntheticRunner([1_000_000])
+    s = ProtocolSettings(warmup_runs=10, warmup_s=0.0, min_runs=30)
+    m = run_protocol(runner, s)
+    assert m.converged and m.stop_reason == "converged" and m.n == 30
+    assert m.warmup_runs == 10 and m.median_ms == pytest.approx(1.0) and m.iqr_ms == 0
+    assert runner.prepared is not None and runner.prepared["x"].shape == (1, 4)
+
+
+def test_noisy_latency_needs_more_runs_and_max_runs_caps() -> None:
+    rng = np.random.default_rng(3)
+    noisy = (1e6 * (1 + rng.uniform(-0.5, 0.5, 2000))).astype(np.int64)
+    m = run_protocol(SyntheticRunner(noisy), ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=30, time_cap_s=60))
+    assert m.converged and m.n > 100  # +-50% noise needs hundreds of runs for a 1% CI
+    capped = run_protocol(SyntheticRunner(noisy), ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=30, max_runs=40))
+    assert capped.n == 40 and capped.stop_reason == "max_runs" and not capped.converged
+
+
+def test_time_cap_is_respected() -> None:
+    runner = SyntheticRunner([2_000_000, 3_000_000], sleep=True)  # 2-3 ms per "inference"
+    s = ProtocolSettings(warmup_runs=5, warmup_s=0.05, min_runs=30, rel_ci=0.0, time_cap_s=0.25)
+    t0 = time.perf_counter()
+    m = run_protocol(runner, s)
+    wall = time.perf_counter() - t0
+    assert m.stop_reason == "time_cap" and not m.converged
+    assert wall < 0.25 + 0.05 + 0.25  # timed cap + warm-up + one inference and slack
+    assert m.wall_s <= wall
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ProtocolError, match="min_runs"):
+        ProtocolSettings(min_runs=1)
+    with pytest.raises(ProtocolError, match="unknown protocol setting"):
+        ProtocolSettings.from_mapping({"time_cap": 1})
+    with pytest.raises(ProtocolError, match="whole number"):
+        ProtocolSettings.from_mapping({"min_runs": 2.5})
+    s = ProtocolSettings.from_mapping({"time_cap_s": "1.5", "min_runs": 40}, max_runs=None)
+    assert s.time_cap_s == 1.5 and s.min_runs == 40 and s.max_runs == ProtocolSettings().max_runs
+
+
+def test_inputs_are_seeded_and_generated_once() -> None:
+    a = make_input((1, 3, 8, 8), "float32", seed=0)
+    assert a is make_input((1, 3, 8, 8), "float32", seed=0)
+    assert not np.array_equal(a, make_input((1, 3, 8, 8), "float32", seed=1))
+    assert not a.flags.writeable
+
+
+def test_real_ort_session_converges(medium_onnx: Path) -> None:
+    s = ProtocolSettings(time_cap_s=3.0)
+    with create_backend(load_device("ort-cpu-1t"), model=medium_onnx) as runner:
+        m = runner.measure(s)
+    assert m.n >= s.min_runs and m.warmup_runs >= s.warmup_runs
+    assert 0 < m.min_ms <= m.median_ms <= m.p90_ms <= m.max_ms
+    assert m.ci_low_ms <= m.median_ms <= m.ci_high_ms
+    assert m.iqr_ms >= 0 and m.std_ms >= 0 and m.cv >= 0
+    assert m.timed_s <= m.wall_s < s.time_cap_s + 1.0
+    assert m.converged == (max(m.median_ms - m.ci_low_ms, m.ci_high_ms - m.median_ms) <= 0.01 * m.median_ms)
+    assert m.converged, f"did not converge on a quiet ~1 ms model: {m}"
