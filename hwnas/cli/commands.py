@@ -66,3 +66,77 @@ def supernet_eval_cmd(
                        f"{r['acc_min']:.4f}/{r['acc_median']:.4f}/{r['acc_max']:.4f}; store {r['store']}")
 
     emit(res, json_, human)
+
+
+agent_app = typer.Typer(help="The measurement agent that runs on an edge board.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+
+
+@app.command("devices")
+def devices_cmd(json_: bool = JSON_OPT) -> None:
+    """List device specs and whether each can run here (and if not, why)."""
+    from hwnas.devices import list_devices
+
+    rows = [d.to_dict() for d in list_devices()]
+
+    def human(rs):
+        for r in rs:
+            state = "ok" if r["available"] else f"unavailable: {r['reason']}"
+            typer.echo(f"{r['name']:<12} {r['backend']:<10} {state}")
+
+    emit(rows, json_, human)
+
+
+@agent_app.command("serve")
+def agent_serve_cmd(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)."),
+    port: int = typer.Option(8765),
+    token: Optional[str] = typer.Option(None, help="Token (default: $HWNAS_AGENT_TOKEN)."),
+    insecure_no_token: bool = typer.Option(False, "--insecure-no-token", help="Serve without authentication."),
+    max_upload_mb: float = typer.Option(256.0, help="Largest model accepted."),
+) -> None:
+    """Serve measurement requests (POST /measure with an ONNX model); GET /health answers without a token."""
+    from hwnas.devices.agent import serve
+
+    serve(host=host, port=port, token=token, insecure_no_token=insecure_no_token, max_upload_mb=max_upload_mb,
+          ready=lambda srv: typer.echo(f"hwnas agent listening on {srv.url}", err=True))
+
+
+@app.command("profile")
+def profile_cmd(
+    model: Optional[Path] = typer.Argument(None, help="Measure this ONNX file instead of supernet subnets."),
+    device: str = typer.Option("ort-cpu-1t", "--device", "-d", help="Device spec name or .toml path."),
+    supernet: str = typer.Option("mbv3_fmnist", help="Supernet family whose subnets to profile."),
+    samples: int = typer.Option(100, help="Subnets to measure (stratified small/medium/large; min and max included)."),
+    weights: Optional[Path] = typer.Option(None, help="Weights (latency does not depend on them)."),
+    store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="SQLite measurement store."),
+    seed: int = typer.Option(0),
+    time_cap: Optional[float] = typer.Option(None, help="Seconds of timed runs per subnet (default: the spec's)."),
+    json_: bool = JSON_OPT,
+) -> None:
+    """Profile a device: measure real latency of exported subnets (resumable) into the store."""
+    from hwnas.devices import Store, profile_onnx_file
+    from hwnas.devices.profile import profile_supernet
+
+    if model is not None:
+        with Store(store) as st:
+            res = profile_onnx_file(model, device, time_cap_s=time_cap, store=st)
+
+        def human1(r):
+            m = r["measurement"]
+            typer.echo(f"{r['model']} on {r['device']}: median {m['median_ms']:.3f} ms, p90 {m['p90_ms']:.3f} ms, "
+                       f"IQR {m['iqr_ms']:.3f} ms, n={m['n']}, CV {m['cv']:.3f}")
+
+        emit(res, json_, human1)
+        return
+    with progress_bar(f"profiling {device}", samples, enabled=not json_) as update:
+        res = profile_supernet(store, device, supernet, samples, weights=str(weights) if weights else None,
+                               seed=seed, time_cap_s=time_cap,
+                               progress=lambda ev: update(ev.done, ev.total, f"{ev.arch_id[:24]:<24}"))
+
+    def human(r):
+        typer.echo(f"{r['device']}: {r['measured']} measured, {r['skipped']} already in store, {r['failed']} failed "
+                   f"in {r['wall_s']:.0f} s ({r['subnets_per_min']:.1f} subnets/min, overhead x{r['overhead']:.1f}); "
+                   f"store {r['store']}")
+
+    emit(res, json_, human)

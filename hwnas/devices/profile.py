@@ -232,3 +232,59 @@ def stratified_sample(
 
 
 __all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "file_arch_id", "profile_archs", "profile_onnx_file", "stratified_sample"]
+
+
+def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path) -> ModelBuilder:
+    """``build_model`` for ``profile_archs``: extract each arch; export it to ONNX unless the backend is torch."""
+    from hwnas.export.onnx_export import export_onnx
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def build(arch: Arch):
+        sub = supernet.extract(arch).eval()
+        if backend.startswith("torch"):
+            return sub, (1, *sub.input_shape)
+        path = workdir / f"{supernet.space.arch_id(arch)}.onnx"
+        export_onnx(sub, path, sub.input_shape)
+        return path, None
+
+    return build
+
+
+def profile_supernet(
+    store_path: str | Path,
+    device: str | Path | DeviceSpec,
+    supernet: str,
+    samples: int,
+    *,
+    weights: str | None = None,
+    seed: int = 0,
+    time_cap_s: float | None = None,
+    progress: Callable[[ProfileEvent], None] | None = None,
+) -> dict[str, Any]:
+    """``hwnas profile --device D --supernet S --samples N``: stratified archs, measured and stored.
+
+    Latency does not depend on weight values, so a family without weights (OFA's ImageNet families
+    included) is profiled on its initialized weights.
+    """
+    import tempfile
+
+    from hwnas.supernet.cost import arch_cost
+    from hwnas.supernet.registry import create_supernet
+
+    spec = _as_spec(device)
+    _require_available(spec)
+    net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
+    cfg = net.config
+    archs = stratified_sample(net.space, samples, seed, lambda a: arch_cost(cfg, a)["macs"])
+    settings = ProtocolSettings.from_mapping(spec.protocol)
+    if time_cap_s is not None:
+        settings = settings.replace(time_cap_s=time_cap_s)
+    Path(store_path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp, Store(store_path) as store:
+        build = supernet_model_builder(net, spec.backend, tmp)
+        summary = profile_archs(store, spec, archs, build, supernet, settings=settings, progress=progress,
+                                delete_models=True)
+    summary.update(device=spec.name, supernet=supernet, store=str(store_path))
+    return summary

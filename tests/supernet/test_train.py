@@ -1,0 +1,27 @@
+import json
+
+import torch
+
+from hwnas.supernet.train import TrainConfig, train_supernet
+
+CFG = dict(epochs=1, batch_size=64, limit_train=256, train_split="calib", checkpoint_every=1, warmup_steps=1)
+
+
+def test_training_runs_logs_and_resumes_exactly(tmp_path):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(**CFG)
+    # an uninterrupted run
+    full = train_supernet(cfg, tmp_path / "full")
+    assert (tmp_path / "full" / "supernet.pt").is_file()
+    log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["epoch"] == 1 and 0.0 <= log[-1]["val_top1_max"] <= 1.0
+    # the same run interrupted after 2 of 4 steps, then resumed
+    part = train_supernet(cfg, tmp_path / "resumed", max_steps=2)
+    assert part["stopped_at"] == {"epoch": 0, "step": 2}
+    assert not (tmp_path / "resumed" / "supernet.pt").exists()
+    train_supernet(cfg, tmp_path / "resumed")
+    a = torch.load(tmp_path / "full" / "supernet.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "supernet.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
