@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -138,5 +139,122 @@ def profile_cmd(
         typer.echo(f"{r['device']}: {r['measured']} measured, {r['skipped']} already in store, {r['failed']} failed "
                    f"in {r['wall_s']:.0f} s ({r['subnets_per_min']:.1f} subnets/min, overhead x{r['overhead']:.1f}); "
                    f"store {r['store']}")
+
+    emit(res, json_, human)
+
+
+predictor_app = typer.Typer(help="Fit and evaluate latency and accuracy predictors.", no_args_is_help=True)
+app.add_typer(predictor_app, name="predictor")
+
+
+@predictor_app.command("fit")
+def predictor_fit_cmd(
+    target: str = typer.Option("latency", help="latency | accuracy"),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device (latency)."),
+    kind: Optional[str] = typer.Option(None, help="xgb (default latency) | lut | hybrid | transfer | linear | "
+                                                  "mlp | auto (default accuracy)"),
+    supernet: str = typer.Option("mbv3_fmnist"),
+    store: Path = typer.Option(Path("hwnas-out/store.sqlite")),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Artifact file (.json) or directory."),
+    holdout: float = typer.Option(0.2, help="Held-out fraction for the reported metrics."),
+    max_train: Optional[int] = typer.Option(None, help="Use at most N training rows (few-shot)."),
+    prior: Optional[Path] = typer.Option(None, help="Prior predictor of another device (kind transfer)."),
+    seed: int = typer.Option(0),
+    json_: bool = JSON_OPT,
+) -> None:
+    """Fit a predictor on the store's rows; report held-out RMSE, MAPE, +-5%/+-10%, Kendall tau."""
+    from hwnas.predictors.jobs import fit_job
+
+    res = fit_job(store, device, supernet, target=target, kind=kind, out=out, holdout=holdout, seed=seed,
+                  max_train=max_train, prior=prior)
+    emit(res, json_, lambda r: typer.echo(_metrics_line(r)))
+
+
+def _metrics_line(r: dict) -> str:
+    m = r.get("metrics") or {}
+    head = f"{r['kind']} {r['target']} predictor: {r['n_train']} train / {r['n_test']} held out"
+    if not m:
+        return head + (f"; wrote {r['out']}" if r.get("out") else "")
+    parts = [f"RMSE {m['rmse']:.4g}", f"Kendall tau {m['kendall_tau']:.3f}"]
+    if "mape" in m:
+        parts += [f"MAPE {m['mape']:.2f}%", f"within +-5% {100 * m['within_5']:.1f}%",
+                  f"within +-10% {100 * m['within_10']:.1f}%"]
+    return head + ": " + ", ".join(parts) + (f"; wrote {r['out']}" if r.get("out") else "")
+
+
+@predictor_app.command("eval")
+def predictor_eval_cmd(
+    predictor: Path = typer.Argument(..., help="Predictor artifact."),
+    store: Path = typer.Option(Path("hwnas-out/store.sqlite")),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Score on this device's rows."),
+    json_: bool = JSON_OPT,
+) -> None:
+    """Score a saved predictor on the store's rows it was not trained on."""
+    from hwnas.predictors.jobs import eval_job
+
+    res = eval_job(store, predictor, device)
+    emit(res, json_, lambda r: typer.echo(json.dumps(r.get("metrics", r), indent=2, default=str)))
+
+
+@app.command("search")
+def search_cmd(
+    latency: Optional[str] = typer.Option(None, "--latency", help="Latency budget, e.g. 5ms or 0.8ms "
+                                                                  "(default: 35% into the measured range)."),
+    device: str = typer.Option("ort-cpu-1t", "--device", "-d"),
+    supernet: str = typer.Option("mbv3_fmnist"),
+    weights: Optional[Path] = typer.Option(None),
+    store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="Store with this device's measurements."),
+    rounds: int = typer.Option(2, help="Closed-loop rounds (search, measure, refit)."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("hwnas-out/search"), "-o", "--out"),
+    json_: bool = JSON_OPT,
+) -> None:
+    """NSGA-II search for the most accurate subnet within a latency budget, verified on the device."""
+    from hwnas.pipeline import search_job
+
+    res = search_job(store, device, supernet, latency, out, rounds=rounds, seed=seed,
+                     weights=str(weights) if weights else None,
+                     log=(lambda s: None) if json_ else (lambda s: typer.echo(s, err=True)))
+    r = res["result"]
+    emit({"best": r.best.to_dict(), "budget_ms": res["budget_ms"], "files": res["files"],
+          "latency_predictor": res["latency_fit"]["metrics"], "wall_s": r.wall_s, "evals_per_s": r.evals_per_s},
+         json_, lambda d: typer.echo(f"best: {r.best.arch_id}, measured {r.best.measured_latency_ms:.3f} ms "
+                                     f"(budget {res['budget_ms']:.3f} ms); files in {out}"))
+
+
+@app.command("run")
+def run_cmd(
+    out: Path = typer.Option(Path("hwnas-out"), "-o", "--out"),
+    device: str = typer.Option("ort-cpu-1t", "--device", "-d"),
+    samples: int = typer.Option(150, help="Subnets to profile (reused on a second run)."),
+    latency: Optional[str] = typer.Option(None, "--latency", help="Budget (default: 35% into the measured range)."),
+    rounds: int = typer.Option(2),
+    seed: int = typer.Option(0),
+    json_: bool = JSON_OPT,
+) -> None:
+    """The main job: profile this machine, fit predictors, search, export ONNX + INT8 ONNX."""
+    from hwnas.pipeline import run_main
+
+    say = (lambda s: None) if json_ else (lambda s: typer.echo(s, err=True))
+    with progress_bar("profiling", samples, enabled=not json_) as update:
+        res = run_main(out, device=device, samples=samples, budget=latency, rounds=rounds, seed=seed, log=say,
+                       progress=lambda ev: update(ev.done, ev.total))
+
+    def human(s):
+        b = s["best"]
+        i8 = s.get("int8") or {}
+        lat8, acc8 = i8.get("latency") or {}, i8.get("accuracy") or {}
+        typer.echo("")
+        typer.echo(f"budget        {s['budget_ms']:.3f} ms on {s['device']}")
+        typer.echo(f"chosen        {b['arch_id']}")
+        typer.echo(f"measured      {b['measured_latency_ms']:.3f} ms median (predicted {b['predicted_latency_ms']:.3f})")
+        typer.echo(f"val top-1     {100 * b['val_top1']:.2f}% (predicted {100 * b['predicted_top1']:.2f}%)")
+        if lat8:
+            typer.echo(f"INT8          {json.dumps(lat8)}")
+        if acc8:
+            typer.echo(f"INT8 top-1    {json.dumps(acc8)}")
+        for k, v in s["files"].items():
+            typer.echo(f"{k:<20}{v}")
+        typer.echo(f"took          {s['timings_s']}")
 
     emit(res, json_, human)

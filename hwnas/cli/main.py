@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -93,22 +94,48 @@ def export_cmd(
     batch: int = typer.Option(1, help="Static batch size."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch dimension dynamic."),
     no_optimize: bool = typer.Option(False, "--no-optimize", help="Skip graph optimization (onnxslim)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Measure the result on this device "
+                                         "(onnx-int8 default: ort-cpu-1t; tensorrt: the tensorrt spec)."),
+    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: FP16 engine."),
+    int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 engine from the explicit Q/DQ model."),
+    calibration: Optional[Path] = typer.Option(None, help="Calibration images (.npz or dir; default: shipped)."),
+    time_cap: Optional[float] = typer.Option(None, help="Seconds of timed runs per latency measurement."),
     json_: bool = JSON_OPT,
 ) -> None:
     """Export a subnet as a verified engine with a manifest."""
+    from hwnas.errors import ExportError
     from hwnas.export.api import export_subnet
     from hwnas.supernet.arch import parse_arch
 
+    if fp16 and int8:
+        raise ExportError("choose one of --fp16 and --int8")
+    if (fp16 or int8) and fmt != "tensorrt":
+        raise ExportError("--fp16/--int8 select the TensorRT precision; use --format onnx-int8 for ONNX Runtime INT8")
     a = parse_arch(arch)
+    opts = {"precision": "fp16" if fp16 else "int8"} if (fp16 or int8) else {}
     res = export_subnet(a, out, supernet, str(weights) if weights else None, fmt=fmt, batch=batch,
-                        dynamic_batch=dynamic_batch, optimize=not no_optimize, command=_command_line())
+                        dynamic_batch=dynamic_batch, optimize=not no_optimize, command=_command_line(),
+                        device=device, calibration=calibration, time_cap_s=time_cap, **opts)
 
     def human(m):
         chk = m.get("output_check") or {}
         typer.echo(f"wrote {m['path']} ({m['format']}, {m['precision']}, arch {m['arch_id']})")
         if chk:
-            typer.echo(f"  check vs PyTorch on {chk['inputs']}: max abs err {chk['max_abs_err']:.2e}, "
-                       f"top-1 agreement {chk['top1_agreement']:.4f}")
+            typer.echo(f"  check vs PyTorch on {chk.get('inputs', 'validation images')}: max abs err "
+                       f"{chk['max_abs_err']:.2e}, top-1 agreement {chk['top1_agreement']:.4f}")
+        acc, lat = m.get("accuracy") or {}, m.get("latency") or {}
+        if "top1_int8" in acc:
+            typer.echo(f"  top-1 on {acc['split']}: FP32 {100 * acc['top1_fp32']:.2f}%, INT8 {100 * acc['top1_int8']:.2f}%, "
+                       f"agreement {100 * acc['agreement_int8_vs_fp32']:.2f}%")
+        elif acc:
+            typer.echo(f"  top-1: {json.dumps(acc)}")
+        if "int8_over_fp32" in lat:
+            typer.echo(f"  latency on {lat['fp32']['device']}: FP32 {lat['fp32']['median_ms']:.4f} ms, INT8 "
+                       f"{lat['int8']['median_ms']:.4f} ms (INT8/FP32 {lat['int8_over_fp32']:.3f}, side by side)")
+        elif lat.get("median_ms") is not None:
+            typer.echo(f"  latency on {lat.get('device')}: median {lat['median_ms']:.4f} ms")
+        if m.get("fp32"):
+            typer.echo(f"  FP32 model {m['fp32'].get('path')}")
         typer.echo(f"  manifest {m['manifest']}")
 
     emit(res, json_, human)

@@ -53,6 +53,32 @@ def atomic_output(path: str | Path):
         raise
 
 
+@contextlib.contextmanager
+def atomic_outputs(*paths: str | Path):
+    """Like :func:`atomic_output` for several files that belong together (a model and its manifest).
+
+    Yields one temp path per target.  Only if the block succeeds are they moved into place, in the
+    order given (put manifests last, so a manifest never describes a model that is not there yet);
+    on any error every temp file is deleted and no target is touched.
+    """
+    targets = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            os.close(fd)
+            tmps.append(Path(tmp))
+        yield list(tmps)
+        for tmp, path in zip(tmps, targets):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
 def _export_to(module: nn.Module, dummy: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
     dyn = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():

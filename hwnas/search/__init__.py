@@ -1,0 +1,74 @@
+"""Search: the pymoo problem, NSGA-II on the predictors, closed-loop verification on the device,
+baselines and Pareto outputs.
+
+Predictors plug in through one protocol: a callable on the ``(N, L)`` integer gene matrix of
+``ArchSpace.encode`` (canonical: ignored block slots at the smallest choice) returning ``(N,)``
+floats: ``predict_accuracy``, ``predict_latency`` (ms) and optional extra objectives (minimized).
+"""
+
+from hwnas.search.baselines import (
+    BaselineFront,
+    evolution_search,
+    evolution_sweep,
+    hypervolume,
+    nsga2_front,
+    random_search,
+    reference_point,
+    sweep_budgets,
+)
+from hwnas.search.loop import (
+    FrontPoint,
+    MeasuredPoint,
+    RoundStats,
+    SearchEvent,
+    SearchResult,
+    closed_loop_search,
+)
+from hwnas.search.measure import device_measure
+from hwnas.search.output import best_arch_dict, format_table, plot_front, write_outputs
+from hwnas.search.problem import (
+    CanonicalRepair,
+    CategoricalMutation,
+    FrontSearch,
+    SubnetProblem,
+    VectorFn,
+    canonicalize,
+    decode_rows,
+    encode_archs,
+    make_nsga2,
+    search_front,
+)
+from hwnas.search.units import parse_latency
+
+__all__ = [
+    "BaselineFront",
+    "CanonicalRepair",
+    "CategoricalMutation",
+    "FrontPoint",
+    "FrontSearch",
+    "MeasuredPoint",
+    "RoundStats",
+    "SearchEvent",
+    "SearchResult",
+    "SubnetProblem",
+    "VectorFn",
+    "best_arch_dict",
+    "canonicalize",
+    "closed_loop_search",
+    "decode_rows",
+    "device_measure",
+    "encode_archs",
+    "evolution_search",
+    "evolution_sweep",
+    "format_table",
+    "hypervolume",
+    "make_nsga2",
+    "nsga2_front",
+    "parse_latency",
+    "plot_front",
+    "random_search",
+    "reference_point",
+    "search_front",
+    "sweep_budgets",
+    "write_outputs",
+]

@@ -1,0 +1,240 @@
+"""Portable predictor artifacts: one JSON file, no pickles.
+
+Layout::
+
+    {"format": "hwnas-predictor", "format_version": 1,
+     "kind": "xgb", "target": "latency",
+     "supernet": "mbv3_fmnist", "supernet_config": {...}, "supernet_hash": "...",
+     "feature_version": 1,
+     "device": "ort-cpu-1t", "fp_hash": "...", "fingerprint": {...}, "stat": "median_ms",
+     "n_train": 400, "metrics": {...held-out figures...}, "train_arch_ids": [...],
+     "params": {...hyperparameters...},
+     "state": {...learned state; numpy arrays as {"__ndarray__": dtype, "shape": [...], "data": [...]}}}
+
+XGBoost boosters are embedded as XGBoost's own JSON model text (``save_raw('json')``), LUTs as key and
+value lists, MLP weights as arrays; floats round-trip exactly, so a loaded predictor predicts exactly
+what the saved one did.  ``load_predictor`` refuses, with one line, an artifact of another supernet,
+family layout, feature version, device fingerprint or supernet weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from hwnas.errors import PredictorError, UnknownSupernetError
+from hwnas.predictors.base import Predictor, get_predictor_class
+from hwnas.predictors.features import FEATURE_VERSION, resolve_config
+from hwnas.supernet.ofa_mbv3 import MBv3Config
+
+FORMAT = "hwnas-predictor"
+FORMAT_VERSION = 1
+DEFAULT_FILENAME = "predictor.json"
+META_KEYS = ("target", "supernet_hash", "device", "fp_hash", "fingerprint", "stat", "n_train", "metrics",
+             "train_arch_ids", "notes")
+
+
+# ---------------------------------------------------------------------------------- JSON encoding
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": str(obj.dtype), "shape": list(obj.shape), "data": obj.ravel().tolist()}
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, MBv3Config):
+        return obj.name
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise PredictorError(f"cannot store a {type(obj).__name__} in a predictor artifact")
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.asarray(obj["data"], dtype=obj["__ndarray__"]).reshape(obj["shape"])
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def config_from_dict(d: Mapping[str, Any]) -> MBv3Config:
+    names = {f.name for f in fields(MBv3Config)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names and k != "extra"}
+    return MBv3Config(**kw)
+
+
+def _config_dict(cfg: MBv3Config) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+
+
+# ---------------------------------------------------------------------------------- to / from dict
+def predictor_to_dict(pred: Predictor, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The artifact of a fitted predictor as a JSON-able dict (``meta``: see ``META_KEYS``)."""
+    if not pred.is_fitted():
+        raise PredictorError(f"{type(pred).__name__} is not fitted; fit it before saving")
+    meta = dict(meta or {})
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise PredictorError(f"unknown artifact metadata {', '.join(unknown)}; allowed: {', '.join(META_KEYS)}")
+    cfg = pred.config
+    target = meta.get("target", "latency")
+    if target not in pred.targets:
+        raise PredictorError(f"a {pred.kind} predictor does not predict {target}")
+    fp = meta.get("fingerprint")
+    if fp is not None and hasattr(fp, "to_dict"):
+        fp = fp.to_dict()
+    params = {k: v for k, v in pred.get_params().items() if k not in pred.object_params and k != "supernet"}
+    return _encode({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": pred.kind,
+        "target": target,
+        "supernet": cfg.name,
+        "supernet_config": _config_dict(cfg),
+        "supernet_hash": meta.get("supernet_hash"),
+        "feature_version": FEATURE_VERSION,
+        "device": meta.get("device"),
+        "fp_hash": meta.get("fp_hash") or (fp or {}).get("fp_hash"),
+        "fingerprint": fp,
+        "stat": meta.get("stat"),
+        "n_train": int(meta.get("n_train", pred.n_train_)),
+        "metrics": meta.get("metrics", {}),
+        "train_arch_ids": meta.get("train_arch_ids"),
+        "notes": meta.get("notes"),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": params,
+        "state": {"n_train": pred.n_train_, **pred._get_state()},
+    })
+
+
+def _check_header(d: Mapping[str, Any], where: str, expect_supernet: str | None, expect_fp_hash: str | None,
+                  expect_supernet_hash: str | None, expect_target: str | None) -> MBv3Config | str:
+    if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+        raise PredictorError(f"{where} is not a hwnas predictor artifact")
+    if d.get("format_version") != FORMAT_VERSION:
+        raise PredictorError(f"{where} has artifact format version {d.get('format_version')}; this hwnas reads "
+                             f"version {FORMAT_VERSION}; retrain it")
+    if d.get("feature_version") != FEATURE_VERSION:
+        raise PredictorError(f"{where} was trained with feature version {d.get('feature_version')}; this hwnas "
+                             f"computes version {FEATURE_VERSION}; retrain it")
+    name = d.get("supernet")
+    if expect_supernet is not None and name != expect_supernet:
+        raise PredictorError(f"{where} was trained for supernet {name}, not {expect_supernet}; "
+                             f"use a predictor of {expect_supernet}")
+    if expect_target is not None and d.get("target") != expect_target:
+        raise PredictorError(f"{where} predicts {d.get('target')}, not {expect_target}")
+    if expect_fp_hash is not None and d.get("fp_hash") != expect_fp_hash:
+        raise PredictorError(f"{where} was trained on device {d.get('device') or '?'} (fingerprint {d.get('fp_hash')}), "
+                             f"not on this device (fingerprint {expect_fp_hash}); profile this device and fit one")
+    if expect_supernet_hash is not None and d.get("supernet_hash") != expect_supernet_hash:
+        raise PredictorError(f"{where} was trained on supernet weights {d.get('supernet_hash')}, not on these "
+                             f"({expect_supernet_hash}); refit it on accuracies of these weights")
+    saved = d.get("supernet_config") or {}
+    try:
+        cfg = resolve_config(name)
+    except UnknownSupernetError:
+        try:
+            return config_from_dict(saved)
+        except (TypeError, ValueError) as exc:
+            raise PredictorError(f"{where}: supernet {name} is not registered and its stored layout is unreadable "
+                                 f"({exc})") from None
+    if _config_dict(cfg) != saved:
+        diff = sorted(k for k in set(saved) | set(_config_dict(cfg)) if saved.get(k) != _config_dict(cfg).get(k))
+        raise PredictorError(f"{where} was trained on a different layout of supernet {name} (differs in "
+                             f"{', '.join(diff[:4])}); retrain it")
+    return name
+
+
+def predictor_from_dict(d: Mapping[str, Any], *, where: str = "predictor artifact", expect_supernet: str | None = None,
+                        expect_fp_hash: str | None = None, expect_supernet_hash: str | None = None,
+                        expect_target: str | None = None) -> Predictor:
+    supernet = _check_header(d, where, expect_supernet, expect_fp_hash, expect_supernet_hash, expect_target)
+    try:
+        cls = get_predictor_class(d["kind"])
+    except KeyError:
+        raise PredictorError(f"{where} holds a predictor of unknown kind {d.get('kind')!r}") from None
+    params = dict(_decode(d.get("params", {})))
+    unknown = sorted(set(params) - set(cls._param_names()))
+    if unknown:
+        raise PredictorError(f"{where}: kind {d['kind']} has no hyperparameter(s) {', '.join(unknown)}")
+    pred = cls(supernet=supernet, **params)
+    state = _decode(d["state"])
+    try:
+        pred._set_state(state)
+        pred.n_train_ = int(state["n_train"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PredictorError(f"{where} has a malformed {d['kind']} state ({type(exc).__name__}: {exc})") from None
+    pred.meta_ = {k: d.get(k) for k in ("kind", *META_KEYS, "supernet", "feature_version", "created_at")}
+    return pred
+
+
+# ---------------------------------------------------------------------------------- files
+def _resolve_path(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if p.suffix.lower() == ".json":
+        return p
+    return p / DEFAULT_FILENAME
+
+
+def save_predictor(pred: Predictor, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``pred`` to ``path`` (a ``.json`` file, or a directory that gets ``predictor.json``),
+    atomically: a failure never leaves a half-written file.  Returns the file written."""
+    p = _resolve_path(path)
+    d = predictor_to_dict(pred, meta)
+    text = json.dumps(d, allow_nan=False, separators=(",", ":"))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def read_artifact(path: str | Path) -> dict[str, Any]:
+    p = _resolve_path(path)
+    if not p.is_file():
+        raise PredictorError(f"predictor file {p} does not exist")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PredictorError(f"predictor file {p} is not valid JSON ({exc})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise PredictorError(f"{p} is not a hwnas predictor artifact")
+    return d
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The artifact's metadata without its learned state."""
+    d = read_artifact(path)
+    return {k: v for k, v in d.items() if k not in ("state", "train_arch_ids")}
+
+
+def load_predictor(path: str | Path, *, expect_supernet: str | None = None, expect_fp_hash: str | None = None,
+                   expect_supernet_hash: str | None = None, expect_target: str | None = None) -> Predictor:
+    """Load an artifact; every ``expect_*`` given must match it, or ``PredictorError`` says which did not.
+
+    The returned predictor has ``meta_`` (the artifact's header: device, fingerprint, metrics, ...).
+    """
+    p = _resolve_path(path)
+    return predictor_from_dict(read_artifact(p), where=f"predictor {p}", expect_supernet=expect_supernet,
+                               expect_fp_hash=expect_fp_hash, expect_supernet_hash=expect_supernet_hash,
+                               expect_target=expect_target)
+
+
+__all__ = ["DEFAULT_FILENAME", "FORMAT", "FORMAT_VERSION", "config_from_dict", "load_predictor",
+           "predictor_from_dict", "predictor_to_dict", "read_header", "save_predictor"]

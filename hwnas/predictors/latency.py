@@ -1,0 +1,290 @@
+"""Latency predictors: gradient-boosted trees (default), a MACs baseline, trees over a LUT, few-shot transfer.
+
+All take the gene matrix (or arch dicts) and predict milliseconds; see ``hwnas.predictors.base``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from hwnas.errors import PredictorError
+from hwnas.predictors.base import DEFAULT_SUPERNET, Predictor, inv_target, log_target, register_predictor
+from hwnas.predictors.features import featurize_vectors
+from hwnas.supernet.cost import cost_table
+
+
+def _import_xgb() -> Any:
+    try:
+        import xgboost
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise PredictorError("the xgb predictors need xgboost (pip install xgboost)") from None
+    return xgboost
+
+
+def _lstsq(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    if w is not None:
+        A, y = A * w[:, None], y * w
+    return np.linalg.lstsq(A, y, rcond=None)[0]
+
+
+# ---------------------------------------------------------------------------------- trees
+class _Trees:
+    """A thin, serializable wrapper around an XGBoost booster (trained with ``xgboost.train``)."""
+
+    def __init__(self, params: Mapping[str, Any], n_estimators: int):
+        self.params = dict(params)
+        self.n_estimators = n_estimators
+        self.booster: Any = None
+
+    def fit(self, F: np.ndarray, z: np.ndarray) -> "_Trees":
+        xgb = _import_xgb()
+        dtrain = xgb.DMatrix(F, label=z)
+        self.booster = xgb.train(self.params, dtrain, num_boost_round=self.n_estimators)
+        return self
+
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.inplace_predict(F), dtype=np.float64)
+
+    def to_json(self) -> str:
+        return bytes(self.booster.save_raw(raw_format="json")).decode("utf-8")
+
+    @classmethod
+    def from_json(cls, text: str, params: Mapping[str, Any], n_estimators: int) -> "_Trees":
+        xgb = _import_xgb()
+        t = cls(params, n_estimators)
+        t.booster = xgb.Booster()
+        t.booster.load_model(bytearray(text.encode("utf-8")))
+        if params.get("nthread"):
+            t.booster.set_param({"nthread": params["nthread"]})
+        return t
+
+
+@register_predictor("xgb")
+class XGBPredictor(Predictor):
+    """Gradient-boosted trees on the depth-masked one-hot encoding plus analytic cost features.
+
+    ``target_transform='log'`` fits log-latency (errors become relative, which is what ±5%/±10%
+    measure).  ``base='macs'`` first fits ``y ~ a + b * MACs`` and lets the trees model the log ratio
+    to it, so the model extrapolates like the cost beyond the sizes it saw (``'none'``: trees alone).
+    ``features``: 'all', 'onehot' or 'analytic'.
+    """
+
+    targets = ("latency", "accuracy")
+
+    def __init__(self, supernet: Any = DEFAULT_SUPERNET, n_estimators: int = 400, max_depth: int = 4,
+                 learning_rate: float = 0.05, subsample: float = 0.8, colsample_bytree: float = 0.8,
+                 min_child_weight: float = 1.0, reg_lambda: float = 1.0, reg_alpha: float = 0.0,
+                 target_transform: str = "log", base: str = "macs", features: str = "all", n_jobs: int = 0,
+                 seed: int = 0):
+        self.supernet = supernet
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.min_child_weight = min_child_weight
+        self.reg_lambda = reg_lambda
+        self.reg_alpha = reg_alpha
+        self.target_transform = target_transform
+        self.base = base
+        self.features = features
+        self.n_jobs = n_jobs
+        self.seed = seed
+
+    # the design matrix and the base model; overridden by the hybrid predictor
+    def _design(self, V: np.ndarray) -> np.ndarray:
+        if self.features not in ("all", "onehot", "analytic"):
+            raise PredictorError(f"features must be 'all', 'onehot' or 'analytic'; got {self.features!r}")
+        return featurize_vectors(self.config, V, onehot=self.features != "analytic",
+                                 analytic=self.features != "onehot")
+
+    _BASES: tuple[str, ...] = ("macs", "none")
+
+    def _base_regressor(self, V: np.ndarray) -> np.ndarray:
+        return cost_table(self.config).cost_vectors(V)["macs"] / 1e6
+
+    def _base_values(self, V: np.ndarray) -> np.ndarray | None:
+        if self.base == "none":
+            return None
+        s = self._base_regressor(V)
+        return np.maximum(self.base_coef_[0] + self.base_coef_[1] * s, self.base_floor_)
+
+    def _xgb_params(self) -> dict[str, Any]:
+        p = {
+            "objective": "reg:squarederror",
+            "max_depth": int(self.max_depth),
+            "eta": float(self.learning_rate),
+            "subsample": float(self.subsample),
+            "colsample_bytree": float(self.colsample_bytree),
+            "min_child_weight": float(self.min_child_weight),
+            "lambda": float(self.reg_lambda),
+            "alpha": float(self.reg_alpha),
+            "seed": int(self.seed),
+            "tree_method": "hist",
+            "verbosity": 0,
+        }
+        if self.n_jobs:
+            p["nthread"] = int(self.n_jobs)
+        return p
+
+    def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
+        z = log_target(y, self.target_transform)
+        self.base_coef_ = np.zeros(2)
+        self.base_floor_ = 0.0
+        if self.base not in self._BASES:
+            raise PredictorError(f"base must be one of {', '.join(map(repr, self._BASES))}; got {self.base!r}")
+        if self.base != "none":
+            if self.target_transform != "log":
+                raise PredictorError(f"base={self.base!r} needs target_transform='log'")
+            s = self._base_regressor(V)
+            coef = _lstsq(np.stack([np.ones_like(s), s], axis=1), y, w=1.0 / y) if len(y) >= 2 else None
+            if coef is None or coef[1] <= 0 or np.any(coef[0] + coef[1] * s <= 0):
+                coef = np.array([0.0, float(np.median(y / s))])  # pure ratio when the affine fit is unusable
+            self.base_coef_ = np.asarray(coef, dtype=np.float64)
+            self.base_floor_ = float(0.05 * y.min())
+            z = z - np.log(self._base_values(V))
+        self.trees_ = _Trees(self._xgb_params(), int(self.n_estimators)).fit(self._design(V), z)
+
+    def _predict(self, V: np.ndarray) -> np.ndarray:
+        z = self.trees_.predict(self._design(V))
+        b = self._base_values(V)
+        if b is not None:
+            z = z + np.log(b)
+        return inv_target(z, self.target_transform)
+
+    def _get_state(self) -> dict[str, Any]:
+        return {"booster_json": self.trees_.to_json(), "base_coef": self.base_coef_, "base_floor": self.base_floor_}
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
+        self.trees_ = _Trees.from_json(state["booster_json"], self._xgb_params(), int(self.n_estimators))
+        self.base_coef_ = np.asarray(state["base_coef"], dtype=np.float64)
+        self.base_floor_ = float(state["base_floor"])
+
+
+@register_predictor("linear")
+class LinearPredictor(Predictor):
+    """Baseline: ``latency = a + b * MACs`` (least squares)."""
+
+    def __init__(self, supernet: Any = DEFAULT_SUPERNET):
+        self.supernet = supernet
+
+    def _macs(self, V: np.ndarray) -> np.ndarray:
+        return cost_table(self.config).cost_vectors(V)["macs"] / 1e6
+
+    def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
+        m = self._macs(V)
+        if len(y) >= 2 and np.ptp(m) > 0:
+            self.coef_ = _lstsq(np.stack([np.ones_like(m), m], axis=1), y)
+        else:
+            self.coef_ = np.array([float(np.mean(y)), 0.0])
+
+    def _predict(self, V: np.ndarray) -> np.ndarray:
+        return self.coef_[0] + self.coef_[1] * self._macs(V)
+
+    def _get_state(self) -> dict[str, Any]:
+        return {"coef": self.coef_}
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
+        self.coef_ = np.asarray(state["coef"], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------- transfer
+@register_predictor("transfer")
+class TransferPredictor(Predictor):
+    """Few-shot transfer to a new device: a fitted predictor of another device (``prior``, any kind,
+    a LUT included) corrected with 10-20 measurements of the new one.
+
+    ``mode``: 'ratio' (``y = c * prior``), 'loglinear' (``log y = a + b log prior``, ``b`` shrunk
+    towards 1 with the weight of ``shrinkage`` pseudo-samples; the default) or 'affine'
+    (``y = a + b * prior``, for devices whose fixed overhead differs).  With ``residual_trees`` and at
+    least ``min_residual_samples`` measurements, strongly regularized trees also fit the log residual.
+    """
+
+    object_params = ("prior",)
+
+    def __init__(self, supernet: Any = DEFAULT_SUPERNET, prior: Any = None, mode: str = "loglinear",
+                 shrinkage: float = 5.0, residual_trees: bool = True, min_residual_samples: int = 60):
+        self.supernet = supernet
+        self.prior = prior
+        self.mode = mode
+        self.shrinkage = shrinkage
+        self.residual_trees = residual_trees
+        self.min_residual_samples = min_residual_samples
+
+    def _prior(self) -> Predictor:
+        p = self.prior
+        if isinstance(p, str):
+            from hwnas.predictors.artifacts import load_predictor
+
+            p = self.prior = load_predictor(p, expect_supernet=self.supernet_name)
+        if not isinstance(p, Predictor) or not p.is_fitted():
+            raise PredictorError("transfer needs prior= a fitted latency predictor of another device (or its path)")
+        if p.supernet_name != self.supernet_name:
+            raise PredictorError(f"the prior predicts supernet {p.supernet_name}, not {self.supernet_name}")
+        return p
+
+    def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
+        if np.any(y <= 0):
+            raise PredictorError("transfer needs positive latencies")
+        p = np.maximum(self._prior().predict(V), 1e-9)
+        u, z = np.log(p), np.log(y)
+        if self.mode == "ratio" or len(y) < 2:
+            self.coef_ = np.array([float(np.mean(z - u)), 1.0])
+        elif self.mode == "loglinear":
+            du, dz = u - u.mean(), z - z.mean()
+            lam = float(self.shrinkage) * max(float(np.var(u)), 1e-12)
+            b = (float(du @ dz) + lam) / (float(du @ du) + lam)
+            self.coef_ = np.array([float(z.mean() - b * u.mean()), b])
+        elif self.mode == "affine":
+            coef = _lstsq(np.stack([np.ones_like(p), p], axis=1), y, w=1.0 / y)
+            if coef[1] <= 0 or np.any(coef[0] + coef[1] * p <= 0):
+                coef = np.array([0.0, float(np.median(y / p))])
+            self.coef_ = np.asarray(coef, dtype=np.float64)
+        else:
+            raise PredictorError(f"mode must be 'ratio', 'loglinear' or 'affine'; got {self.mode!r}")
+        self.residual_ = None
+        if self.residual_trees and len(y) >= self.min_residual_samples:
+            resid = z - np.log(self._corrected(p))
+            self.residual_ = _Trees(_strong_reg_params(), 150).fit(featurize_vectors(self.config, V), resid)
+
+    def _corrected(self, p: np.ndarray) -> np.ndarray:
+        a, b = self.coef_
+        if self.mode == "affine":
+            return np.maximum(a + b * p, 1e-9)
+        return np.exp(a + b * np.log(np.maximum(p, 1e-9)))
+
+    def _predict(self, V: np.ndarray) -> np.ndarray:
+        out = self._corrected(self._prior().predict(V))
+        if self.residual_ is not None:
+            out = out * np.exp(self.residual_.predict(featurize_vectors(self.config, V)))
+        return out
+
+    def _get_state(self) -> dict[str, Any]:
+        from hwnas.predictors.artifacts import META_KEYS, predictor_to_dict
+
+        prior = self._prior()
+        meta = {k: v for k, v in (getattr(prior, "meta_", None) or {}).items() if k in META_KEYS and v is not None}
+        return {
+            "coef": self.coef_,
+            "residual_json": self.residual_.to_json() if self.residual_ is not None else None,
+            "prior": predictor_to_dict(prior, meta),
+        }
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
+        from hwnas.predictors.artifacts import predictor_from_dict
+
+        self.coef_ = np.asarray(state["coef"], dtype=np.float64)
+        self.residual_ = (_Trees.from_json(state["residual_json"], _strong_reg_params(), 150)
+                          if state.get("residual_json") else None)
+        self.prior = predictor_from_dict(state["prior"])
+
+
+def _strong_reg_params() -> dict[str, Any]:
+    return {"objective": "reg:squarederror", "max_depth": 2, "eta": 0.05, "subsample": 0.8,
+            "colsample_bytree": 0.5, "min_child_weight": 5.0, "lambda": 10.0, "seed": 0, "tree_method": "hist",
+            "verbosity": 0}
+
+
+__all__ = ["LinearPredictor", "TransferPredictor", "XGBPredictor"]
