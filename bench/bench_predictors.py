@@ -61,7 +61,7 @@ def maker(kind: str, cfg: Any, table: Any = None, prior: Any = None, **kw: Any):
 def bench_latency(args: argparse.Namespace, cfg: Any, data: dict, table: Any) -> dict:
     V, y = data["V"], data["y"]
     tr, te = holdout_split(len(y), args.holdout, args.seed)  # a count (>= 1) or a fraction
-    print(f"\n== latency on {data['device']} (fp {data['fp_hash']}): {len(y)} subnets, "
+    print(f"\n== latency ({data['stat']}) on {data['device']} (fp {data['fp_hash']}): {len(y)} subnets, "
           f"{y.min():.3f}-{y.max():.3f} ms; held-out {len(te)}, pool {len(tr)}")
     out: dict[str, Any] = {"device": data["device"], "fp_hash": data["fp_hash"], "n": int(len(y)),
                            "n_test": int(len(te)), "curves": {}}
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transfer-repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stat", default="median_ms", help="latency statistic: median_ms (default) or min_ms, ...")
     ap.add_argument("--build-lut", action="store_true", help="measure missing LUT entries on device A")
     ap.add_argument("--lut-time-cap", type=float, default=None)
     ap.add_argument("--accuracy", action="store_true")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args.supernet)
         figures: dict[str, Any] = {"supernet": cfg.name, "store": args.store}
-        a = load_latency_data(args.store, args.device, cfg)
+        a = load_latency_data(args.store, args.device, cfg, stat=args.stat)
         table = None
         if "lut" in args.kinds or "hybrid" in args.kinds:
             try:
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" not in skip:
             figures["latency"] = bench_latency(args, cfg, a, table)
         if args.device_b and "transfer" not in skip:
-            b = load_latency_data(args.store, args.device_b, cfg)
+            b = load_latency_data(args.store, args.device_b, cfg, stat=args.stat)
             figures["transfer"] = bench_transfer(args, cfg, a, b, table)
         if "throughput" not in skip:
             figures["throughput"] = bench_throughput(args, cfg, a, table)

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             from hwnas.predictors.artifacts import load_predictor
             from hwnas.predictors.base import create_predictor
 
-            lat = create_predictor("xgb", supernet=args.supernet).fit(X, y)
+            lat = create_predictor("xgb", supernet=args.supernet).fit(X, y)  # fit on every stored row
             pl = lat.predict
             pa = load_predictor(shipped_accuracy_predictor(args.supernet)).predict
             print(f"predictors: xgb latency on {len(y)} real {args.device} measurements, shipped accuracy predictor")
@@ -185,7 +185,8 @@ def main(argv=None) -> int:
         for m, v in best.items():
             print(f"  {m:<12} {fmt(v)}")
         out.update(
-            latency_fixture={"n": int(len(y)), "train_mape_pct": float(resid.mean())}, reference=ref,
+            latency_model={"kind": "xgb" if args.predictors == "real" else "ridge fixture", "n": int(len(y))},
+            reference=ref,
             budgets=[float(b) for b in budgets], evals=evals, evals_per_s=eps, table=table,
             single_budget={"budget_ms": budget, **{m: [float(x) for x in v] for m, v in best.items()}},
         )  # fmt: skip

@@ -125,9 +125,8 @@ def run_main(out_dir: str | Path = "hwnas-out", device: str = "ort-cpu-1t", supe
     t = time.perf_counter()
     best = result.best.arch
     exp_dir = out / "export"
-    fp32 = export_subnet(best, exp_dir / "best.onnx", supernet, fmt="onnx", command="hwnas run")
     int8 = export_subnet(best, exp_dir / "best.int8.onnx", supernet, fmt="onnx-int8", command="hwnas run",
-                         device=device)
+                         device=device, fp32_out=exp_dir / "best.onnx")
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     b = result.best
@@ -139,8 +138,12 @@ def run_main(out_dir: str | Path = "hwnas-out", device: str = "ort-cpu-1t", supe
                  "predicted_latency_ms": b.predicted_latency_ms, "val_top1": b.accuracy,
                  "predicted_top1": b.predicted_accuracy},
         "latency_predictor": {"n_train": lat_fit["n_train"], "n_test": lat_fit["n_test"], **m},
-        "int8": {k: int8.get(k) for k in ("latency", "accuracy")},
-        "files": {"store": str(store_path), **paths, "onnx": fp32["path"], "onnx_manifest": fp32["manifest"],
+        "int8": {"fp32_ms": int8["latency"]["fp32"]["median_ms"], "int8_ms": int8["latency"]["int8"]["median_ms"],
+                 "int8_over_fp32": int8["latency"]["int8_over_fp32"],
+                 "top1_fp32": int8["accuracy"]["top1_fp32"], "top1_int8": int8["accuracy"]["top1_int8"],
+                 "agreement": int8["accuracy"]["agreement_int8_vs_fp32"]},
+        "files": {"store": str(store_path), **paths, "onnx": str(exp_dir / "best.onnx"),
+                  "onnx_manifest": str(exp_dir / "best.onnx.json"),
                   "onnx_int8": int8.get("path"), "onnx_int8_manifest": int8.get("manifest")},
         "profile": {k: prof[k] for k in ("measured", "skipped", "subnets_per_min", "overhead")},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},

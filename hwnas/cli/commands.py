@@ -242,19 +242,21 @@ def run_cmd(
 
     def human(s):
         b = s["best"]
-        i8 = s.get("int8") or {}
-        lat8, acc8 = i8.get("latency") or {}, i8.get("accuracy") or {}
+        i8 = s["int8"]
         typer.echo("")
         typer.echo(f"budget        {s['budget_ms']:.3f} ms on {s['device']}")
         typer.echo(f"chosen        {b['arch_id']}")
         typer.echo(f"measured      {b['measured_latency_ms']:.3f} ms median (predicted {b['predicted_latency_ms']:.3f})")
         typer.echo(f"val top-1     {100 * b['val_top1']:.2f}% (predicted {100 * b['predicted_top1']:.2f}%)")
-        if lat8:
-            typer.echo(f"INT8          {json.dumps(lat8)}")
-        if acc8:
-            typer.echo(f"INT8 top-1    {json.dumps(acc8)}")
+        typer.echo(f"INT8 ONNX     {i8['int8_ms']:.3f} ms vs FP32 {i8['fp32_ms']:.3f} ms (x{i8['int8_over_fp32']:.2f}, "
+                   f"side by side); val top-1 {100 * i8['top1_int8']:.2f}% vs {100 * i8['top1_fp32']:.2f}%, "
+                   f"agreement {100 * i8['agreement']:.2f}%")
+        typer.echo(f"latency model {s['latency_predictor']['within_10'] * 100:.0f}% of held-out subnets within +-10%, "
+                   f"Kendall tau {s['latency_predictor']['kendall_tau']:.2f}")
         for k, v in s["files"].items():
             typer.echo(f"{k:<20}{v}")
-        typer.echo(f"took          {s['timings_s']}")
+        t = s["timings_s"]
+        typer.echo(f"took          {t['total_s']:.0f} s (profile {t['profile_s']:.0f}, search {t['search_s']:.0f}, "
+                   f"export {t['export_s']:.0f}); look at {s['files']['plot']}")
 
     emit(res, json_, human)
