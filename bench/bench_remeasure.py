@@ -36,7 +36,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with Store(Path(tmp) / "re.sqlite") as st2:
             profile_archs(st2, spec, [(r["arch_id"], r["arch"]) for r in rows],
-                          supernet_model_builder(net, spec.backend, tmp), args.supernet, delete_models=True)
+                          supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), args.supernet,
+                          delete_models=True)
             new = {r["arch_id"]: r["median_ms"] for r in st2.measurements()}
     ratio = np.array([new[r["arch_id"]] / r["median_ms"] for r in rows])
     dev = np.abs(ratio - 1)

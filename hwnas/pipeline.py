@@ -74,7 +74,8 @@ def search_job(store_path: str | Path, device: str, supernet: str, budget: str |
     spec = load_device(device)
     data = EvalData.load("val")
     with tempfile.TemporaryDirectory(prefix="hwnas-search-") as tmp, Store(store_path) as st:
-        measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmp), supernet, net.space)
+        measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), supernet,
+                                 net.space)
 
         def refit(rows):
             fit = fit_job(store_path, device, supernet, target="latency", kind="xgb", out=Path(tmp) / "lat.json",

@@ -234,8 +234,9 @@ def stratified_sample(
 __all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "file_arch_id", "profile_archs", "profile_onnx_file", "stratified_sample"]
 
 
-def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path) -> ModelBuilder:
-    """``build_model`` for ``profile_archs``: extract each arch; export it to ONNX unless the backend is torch."""
+def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path, batch: int = 1) -> ModelBuilder:
+    """``build_model`` for ``profile_archs``: extract each arch; export it to ONNX (static ``batch``)
+    unless the backend is torch."""
     from hwnas.export.onnx_export import export_onnx
 
     workdir = Path(workdir)
@@ -244,9 +245,9 @@ def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path) -> 
     def build(arch: Arch):
         sub = supernet.extract(arch).eval()
         if backend.startswith("torch"):
-            return sub, (1, *sub.input_shape)
+            return sub, (batch, *sub.input_shape)
         path = workdir / f"{supernet.space.arch_id(arch)}.onnx"
-        export_onnx(sub, path, sub.input_shape)
+        export_onnx(sub, path, sub.input_shape, batch=batch)
         return path, None
 
     return build
@@ -283,7 +284,7 @@ def profile_supernet(
         settings = settings.replace(time_cap_s=time_cap_s)
     Path(store_path).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp, Store(store_path) as store:
-        build = supernet_model_builder(net, spec.backend, tmp)
+        build = supernet_model_builder(net, spec.backend, tmp, batch=spec.batch)
         summary = profile_archs(store, spec, archs, build, supernet, settings=settings, progress=progress,
                                 delete_models=True)
     summary.update(device=spec.name, supernet=supernet, store=str(store_path))
