@@ -143,10 +143,10 @@ def export_cmd(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors print one line and exit 1, never a traceback."""
-    from hwnas.cli import commands  # noqa: F401  (registers the job commands on ``app``)
+    from hwnas.cli import commands  # registers the job commands on hwnas.cli.main.app
 
     try:
-        app(args=argv, standalone_mode=True)
+        commands.app(args=argv, standalone_mode=True)
     except HwnasError as exc:
         typer.echo(f"hwnas: error: {exc}", err=True)
         raise SystemExit(1) from None
@@ -155,5 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m hwnas.cli.main: run the registered app, not this copy's
+    from hwnas.cli.main import main as _main
+
+    _main()

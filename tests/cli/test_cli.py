@@ -11,7 +11,7 @@ from hwnas.supernet.registry import create_supernet
 
 
 def hwnas(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "hwnas.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hwnas", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
 
 

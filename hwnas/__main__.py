@@ -1,0 +1,5 @@
+"""``python -m hwnas``: the ``hwnas`` command."""
+
+from hwnas.cli.main import main
+
+main()
