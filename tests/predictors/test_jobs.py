@@ -72,7 +72,7 @@ def test_fit_accuracy_job(measured, tmp_path):
         for a, y in zip(archs, acc):
             store.add_accuracy("h0", sp.arch_id(a), "val", float(y), 1000, arch=a, supernet=measured.config.name)
     res = fit_job(store_path, None, measured.config, target="accuracy", supernet_hash="h0", out=tmp_path / "acc.json",
-                  params={"mlp": {"n_ensemble": 2}, "xgb": {"n_estimators": 200}})
+                  params={"mlp": {"n_ensemble": 1, "hidden": (32,), "max_iter": 200}, "xgb": {"n_estimators": 100}})
     assert res["kind"] in ("mlp", "xgb") and set(res["selection"]["cv"]) == {"mlp", "xgb"}
     assert res["metrics"]["kendall_tau"] > 0.5 and "mape" not in res["metrics"]
     ev = eval_job(store_path, tmp_path / "acc.json")
