@@ -47,6 +47,7 @@ class MLPPredictor(Predictor):
 
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPRegressor
+        from threadpoolctl import threadpool_limits
 
         F = self._design(V)
         self.x_mean_ = F.mean(axis=0)
@@ -61,7 +62,9 @@ class MLPPredictor(Predictor):
         for i in range(int(self.n_ensemble)):
             m = MLPRegressor(hidden_layer_sizes=tuple(int(h) for h in self.hidden), alpha=float(self.alpha),
                              solver="lbfgs", max_iter=int(self.max_iter), random_state=int(self.seed) + i)
-            with warnings.catch_warnings():
+            # one BLAS thread: these matrices are small, and spinning BLAS threads on a busy machine
+            # make the fit many times slower
+            with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 m.fit(Fs, ys)
             self.weights_.append([np.asarray(w, dtype=np.float64) for w in m.coefs_])

@@ -21,6 +21,15 @@ from hwnas.predictors.metrics import evaluate_kfold, holdout_split, regression_m
 from hwnas.supernet.ofa_mbv3 import MBv3Config
 
 ACCURACY_KINDS = ("mlp", "xgb")
+# defaults per (target, kind) under the caller's params: trees for accuracy model it directly on the
+# one-hot encoding (5-fold CV on 252 Fashion-MNIST evaluations: tau 0.71 vs 0.67 with the latency defaults)
+DEFAULT_PARAMS: dict[tuple[str, str], dict[str, Any]] = {
+    ("accuracy", "xgb"): {"base": "none", "target_transform": "none", "features": "onehot"},
+}
+
+
+def _params_for(target: str, kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    return {**DEFAULT_PARAMS.get((target, kind), {}), **dict(params)}
 
 
 # ---------------------------------------------------------------------------------- data
@@ -228,9 +237,9 @@ def fit_job(
         prior = load_predictor(prior, expect_supernet=cfg.name, expect_target="latency")
     selection = None
     if kind == "auto":
-        kind, selection = _select_kind(snet, V[tr], y[tr], params, seed)
+        kind, selection = _select_kind(snet, target, V[tr], y[tr], params, seed)
     kind_params = dict(params.get(kind, {})) if selection else params  # auto: params per kind, {"mlp": {...}}
-    make = _make(kind, snet, kind_params, table=table, prior=prior)
+    make = _make(kind, snet, _params_for(target, kind, kind_params), table=table, prior=prior)
     pred = make().fit(V[tr], y[tr])
     result: dict[str, Any] = {
         "kind": kind, "target": target, "supernet": cfg.name, "n_rows": int(len(y)), "n_train": int(len(tr)),
@@ -273,11 +282,12 @@ def _kinds_for(target: str) -> list[str]:
     return list_predictors(target)
 
 
-def _select_kind(supernet: str, V: np.ndarray, y: np.ndarray, params: Mapping[str, Any], seed: int) -> tuple[str, dict]:
-    """Pick the accuracy predictor kind with the best 5-fold Kendall tau on the training rows."""
+def _select_kind(supernet: Any, target: str, V: np.ndarray, y: np.ndarray, params: Mapping[str, Any],
+                 seed: int) -> tuple[str, dict]:
+    """Pick the predictor kind (mlp or xgb) with the best 5-fold Kendall tau on the training rows."""
     scores = {}
     for kind in ACCURACY_KINDS:
-        make = _make(kind, supernet, params.get(kind, {}))
+        make = _make(kind, supernet, _params_for(target, kind, params.get(kind, {})))
         m = evaluate_kfold(make, V, y, k=min(5, len(y)), seed=seed, relative=False)
         scores[kind] = {"kendall_tau": m["kendall_tau"], "rmse": m["rmse"]}
     best = max(scores, key=lambda k: scores[k]["kendall_tau"])

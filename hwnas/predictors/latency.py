@@ -31,33 +31,50 @@ def _lstsq(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndar
 
 # ---------------------------------------------------------------------------------- trees
 class _Trees:
-    """A thin, serializable wrapper around an XGBoost booster (trained with ``xgboost.train``)."""
+    """A thin, serializable wrapper around an XGBoost booster (trained with ``xgboost.train``).
 
-    def __init__(self, params: Mapping[str, Any], n_estimators: int):
-        self.params = dict(params)
+    Threads: training uses ``n_jobs`` threads (1 when 0: a few hundred rows gain nothing from more, and
+    OpenMP threads on a busy machine slow it down badly); prediction uses ``n_jobs`` threads, or all cores
+    for batches of at least ``BIG_BATCH`` rows when 0.
+    """
+
+    BIG_BATCH = 20_000
+
+    def __init__(self, params: Mapping[str, Any], n_estimators: int, n_jobs: int = 0):
+        self.params = {k: v for k, v in params.items() if k != "nthread"}
         self.n_estimators = n_estimators
+        self.n_jobs = int(n_jobs)
         self.booster: Any = None
+        self._threads = -1
+
+    def _set_threads(self, n: int) -> None:
+        if n != self._threads:
+            self.booster.set_param({"nthread": n})
+            self._threads = n
 
     def fit(self, F: np.ndarray, z: np.ndarray) -> "_Trees":
         xgb = _import_xgb()
-        dtrain = xgb.DMatrix(F, label=z)
-        self.booster = xgb.train(self.params, dtrain, num_boost_round=self.n_estimators)
+        threads = self.n_jobs or 1
+        dtrain = xgb.DMatrix(F, label=z, nthread=threads)
+        self.booster = xgb.train({**self.params, "nthread": threads}, dtrain, num_boost_round=self.n_estimators)
+        self._threads = threads
         return self
 
     def predict(self, F: np.ndarray) -> np.ndarray:
+        import os
+
+        self._set_threads(self.n_jobs or ((os.cpu_count() or 1) if len(F) >= self.BIG_BATCH else 1))
         return np.asarray(self.booster.inplace_predict(F), dtype=np.float64)
 
     def to_json(self) -> str:
         return bytes(self.booster.save_raw(raw_format="json")).decode("utf-8")
 
     @classmethod
-    def from_json(cls, text: str, params: Mapping[str, Any], n_estimators: int) -> "_Trees":
+    def from_json(cls, text: str, params: Mapping[str, Any], n_estimators: int, n_jobs: int = 0) -> "_Trees":
         xgb = _import_xgb()
-        t = cls(params, n_estimators)
+        t = cls(params, n_estimators, n_jobs)
         t.booster = xgb.Booster()
         t.booster.load_model(bytearray(text.encode("utf-8")))
-        if params.get("nthread"):
-            t.booster.set_param({"nthread": params["nthread"]})
         return t
 
 
@@ -68,7 +85,9 @@ class XGBPredictor(Predictor):
     ``target_transform='log'`` fits log-latency (errors become relative, which is what ±5%/±10%
     measure).  ``base='macs'`` first fits ``y ~ a + b * MACs`` and lets the trees model the log ratio
     to it, so the model extrapolates like the cost beyond the sizes it saw (``'none'``: trees alone).
-    ``features``: 'all', 'onehot' or 'analytic'.
+    ``features``: 'all', 'onehot' or 'analytic'.  ``n_jobs``: threads (0: one to train, all cores to
+    predict batches of 20,000 archs or more).  For accuracy use ``base='none', target_transform='none',
+    features='onehot'`` (what ``fit_job`` passes for ``target='accuracy'``).
     """
 
     targets = ("latency", "accuracy")
@@ -125,8 +144,6 @@ class XGBPredictor(Predictor):
             "tree_method": "hist",
             "verbosity": 0,
         }
-        if self.n_jobs:
-            p["nthread"] = int(self.n_jobs)
         return p
 
     def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
@@ -145,7 +162,7 @@ class XGBPredictor(Predictor):
             self.base_coef_ = np.asarray(coef, dtype=np.float64)
             self.base_floor_ = float(0.05 * y.min())
             z = z - np.log(self._base_values(V))
-        self.trees_ = _Trees(self._xgb_params(), int(self.n_estimators)).fit(self._design(V), z)
+        self.trees_ = _Trees(self._xgb_params(), int(self.n_estimators), self.n_jobs).fit(self._design(V), z)
 
     def _predict(self, V: np.ndarray) -> np.ndarray:
         z = self.trees_.predict(self._design(V))
@@ -158,7 +175,7 @@ class XGBPredictor(Predictor):
         return {"booster_json": self.trees_.to_json(), "base_coef": self.base_coef_, "base_floor": self.base_floor_}
 
     def _set_state(self, state: Mapping[str, Any]) -> None:
-        self.trees_ = _Trees.from_json(state["booster_json"], self._xgb_params(), int(self.n_estimators))
+        self.trees_ = _Trees.from_json(state["booster_json"], self._xgb_params(), int(self.n_estimators), self.n_jobs)
         self.base_coef_ = np.asarray(state["base_coef"], dtype=np.float64)
         self.base_floor_ = float(state["base_floor"])
 
