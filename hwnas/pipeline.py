@@ -112,7 +112,7 @@ def run_main(out_dir: str | Path = "hwnas-out", device: str = "ort-cpu-1t", supe
     timings["profile_s"] = time.perf_counter() - t
     log(f"      {prof['measured']} measured, {prof['skipped']} reused, {prof['subnets_per_min']:.0f} subnets/min")
 
-    # 2-3. predictors and the closed-loop search
+    # 2. predictors and the closed-loop search
     log(f"[2/3] predictors and closed-loop NSGA-II search on {device}")
     t = time.perf_counter()
     found = search_job(store_path, device, supernet, budget, out / "search", rounds=rounds, seed=seed,
@@ -121,7 +121,7 @@ def run_main(out_dir: str | Path = "hwnas-out", device: str = "ort-cpu-1t", supe
     result, lat_fit, paths, budget_ms = found["result"], found["latency_fit"], found["files"], found["budget_ms"]
     m = lat_fit["metrics"]
 
-    # 4. export the chosen subnet
+    # 3. export the chosen subnet
     log(f"[3/3] exporting {result.best.arch_id} as verified ONNX (FP32) and ONNX Runtime INT8")
     t = time.perf_counter()
     best = result.best.arch

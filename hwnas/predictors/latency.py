@@ -11,7 +11,7 @@ import numpy as np
 
 from hwnas.errors import PredictorError
 from hwnas.predictors.base import DEFAULT_SUPERNET, Predictor, inv_target, log_target, register_predictor
-from hwnas.predictors.features import featurize_vectors
+from hwnas.predictors.features import featurize_vectors, n_onehot
 from hwnas.supernet.cost import cost_table
 
 
@@ -121,13 +121,14 @@ class XGBPredictor(Predictor):
 
     _BASES: tuple[str, ...] = ("macs", "none")
 
-    def _base_regressor(self, V: np.ndarray) -> np.ndarray:
+    def _base_regressor(self, V: np.ndarray, F: np.ndarray) -> np.ndarray:
+        """What the base model is linear in (MACs in millions), read from the design matrix when it has it."""
+        if self.features != "onehot":
+            col = n_onehot(self.config) if self.features == "all" else 0  # 'macs_m' leads the analytic block
+            return F[:, col].astype(np.float64)
         return cost_table(self.config).cost_vectors(V)["macs"] / 1e6
 
-    def _base_values(self, V: np.ndarray) -> np.ndarray | None:
-        if self.base == "none":
-            return None
-        s = self._base_regressor(V)
+    def _base_values(self, s: np.ndarray) -> np.ndarray:
         return np.maximum(self.base_coef_[0] + self.base_coef_[1] * s, self.base_floor_)
 
     def _xgb_params(self) -> dict[str, Any]:
@@ -152,23 +153,24 @@ class XGBPredictor(Predictor):
         self.base_floor_ = 0.0
         if self.base not in self._BASES:
             raise PredictorError(f"base must be one of {', '.join(map(repr, self._BASES))}; got {self.base!r}")
+        F = self._design(V)
         if self.base != "none":
             if self.target_transform != "log":
                 raise PredictorError(f"base={self.base!r} needs target_transform='log'")
-            s = self._base_regressor(V)
+            s = self._base_regressor(V, F)
             coef = _lstsq(np.stack([np.ones_like(s), s], axis=1), y, w=1.0 / y) if len(y) >= 2 else None
             if coef is None or coef[1] <= 0 or np.any(coef[0] + coef[1] * s <= 0):
                 coef = np.array([0.0, float(np.median(y / s))])  # pure ratio when the affine fit is unusable
             self.base_coef_ = np.asarray(coef, dtype=np.float64)
             self.base_floor_ = float(0.05 * y.min())
-            z = z - np.log(self._base_values(V))
-        self.trees_ = _Trees(self._xgb_params(), int(self.n_estimators), self.n_jobs).fit(self._design(V), z)
+            z = z - np.log(self._base_values(s))
+        self.trees_ = _Trees(self._xgb_params(), int(self.n_estimators), self.n_jobs).fit(F, z)
 
     def _predict(self, V: np.ndarray) -> np.ndarray:
-        z = self.trees_.predict(self._design(V))
-        b = self._base_values(V)
-        if b is not None:
-            z = z + np.log(b)
+        F = self._design(V)
+        z = self.trees_.predict(F)
+        if self.base != "none":
+            z = z + np.log(self._base_values(self._base_regressor(V, F)))
         return inv_target(z, self.target_transform)
 
     def _get_state(self) -> dict[str, Any]:
@@ -211,17 +213,26 @@ class LinearPredictor(Predictor):
 @register_predictor("transfer")
 class TransferPredictor(Predictor):
     """Few-shot transfer to a new device: a fitted predictor of another device (``prior``, any kind,
-    a LUT included) corrected with 10-20 measurements of the new one.
+    a LUT included) corrected with 10-20 measurements of the new one (HELP's setting, with a
+    deliberately small model so that 10 points suffice).
 
-    ``mode``: 'ratio' (``y = c * prior``), 'loglinear' (``log y = a + b log prior``, ``b`` shrunk
-    towards 1 with the weight of ``shrinkage`` pseudo-samples; the default) or 'affine'
-    (``y = a + b * prior``, for devices whose fixed overhead differs).  With ``residual_trees`` and at
-    least ``min_residual_samples`` measurements, strongly regularized trees also fit the log residual.
+    ``mode``:
+
+    * 'ratio': ``y = c * prior``;
+    * 'loglinear': ``log y = a + b log prior``, ``b`` shrunk towards 1;
+    * 'loglinear_macs' (default): ``log y = a + b log prior + c log MACs``, ``b`` shrunk towards 1 and
+      ``c`` towards 0, so a device whose balance of compute and fixed overhead differs from the prior's
+      (a GPU, another runtime) is corrected along the compute axis;
+    * 'affine': ``y = a + b * prior`` (a different fixed overhead).
+
+    Shrinkage has the weight of ``shrinkage`` pseudo-samples.  With ``residual_trees`` and at least
+    ``min_residual_samples`` measurements, strongly regularized trees also fit the log residual.
     """
 
     object_params = ("prior",)
+    MODES = ("loglinear_macs", "loglinear", "ratio", "affine")
 
-    def __init__(self, supernet: Any = DEFAULT_SUPERNET, prior: Any = None, mode: str = "loglinear",
+    def __init__(self, supernet: Any = DEFAULT_SUPERNET, prior: Any = None, mode: str = "loglinear_macs",
                  shrinkage: float = 5.0, residual_trees: bool = True, min_residual_samples: int = 60):
         self.supernet = supernet
         self.prior = prior
@@ -242,38 +253,51 @@ class TransferPredictor(Predictor):
             raise PredictorError(f"the prior predicts supernet {p.supernet_name}, not {self.supernet_name}")
         return p
 
+    def _log_macs(self, V: np.ndarray) -> np.ndarray:
+        return np.log(cost_table(self.config).cost_vectors(V)["macs"])
+
     def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
         if np.any(y <= 0):
             raise PredictorError("transfer needs positive latencies")
+        if self.mode not in self.MODES:
+            raise PredictorError(f"mode must be one of {', '.join(map(repr, self.MODES))}; got {self.mode!r}")
         p = np.maximum(self._prior().predict(V), 1e-9)
         u, z = np.log(p), np.log(y)
+        coef = np.zeros(3)  # log modes: a, b (prior), c (MACs); affine: a, b
         if self.mode == "ratio" or len(y) < 2:
-            self.coef_ = np.array([float(np.mean(z - u)), 1.0])
-        elif self.mode == "loglinear":
-            du, dz = u - u.mean(), z - z.mean()
-            lam = float(self.shrinkage) * max(float(np.var(u)), 1e-12)
-            b = (float(du @ dz) + lam) / (float(du @ du) + lam)
-            self.coef_ = np.array([float(z.mean() - b * u.mean()), b])
-        elif self.mode == "affine":
-            coef = _lstsq(np.stack([np.ones_like(p), p], axis=1), y, w=1.0 / y)
-            if coef[1] <= 0 or np.any(coef[0] + coef[1] * p <= 0):
-                coef = np.array([0.0, float(np.median(y / p))])
-            self.coef_ = np.asarray(coef, dtype=np.float64)
-        else:
-            raise PredictorError(f"mode must be 'ratio', 'loglinear' or 'affine'; got {self.mode!r}")
+            coef[:2] = [float(np.mean(z - u)), 1.0]
+        elif self.mode in ("loglinear", "loglinear_macs"):
+            cols = [u] if self.mode == "loglinear" else [u, self._log_macs(V)]
+            A = np.stack(cols, axis=1)
+            Ac, zc = A - A.mean(axis=0), z - z.mean()
+            # ridge towards (b, c) = (1, 0), each penalty worth `shrinkage` samples of that column's variance
+            L = np.diag([float(self.shrinkage) * max(float(np.var(col)), 1e-12) for col in cols])
+            prior_coef = np.array([1.0, 0.0][: len(cols)])
+            bc = np.linalg.solve(Ac.T @ Ac + L, Ac.T @ zc + L @ prior_coef)
+            coef[0] = float(z.mean() - A.mean(axis=0) @ bc)
+            coef[1:1 + len(bc)] = bc
+        else:  # affine
+            ab = _lstsq(np.stack([np.ones_like(p), p], axis=1), y, w=1.0 / y)
+            if ab[1] <= 0 or np.any(ab[0] + ab[1] * p <= 0):
+                ab = np.array([0.0, float(np.median(y / p))])
+            coef[:2] = ab
+        self.coef_ = coef
         self.residual_ = None
         if self.residual_trees and len(y) >= self.min_residual_samples:
-            resid = z - np.log(self._corrected(p))
+            resid = z - np.log(self._corrected(p, V))
             self.residual_ = _Trees(_strong_reg_params(), 150).fit(featurize_vectors(self.config, V), resid)
 
-    def _corrected(self, p: np.ndarray) -> np.ndarray:
-        a, b = self.coef_
+    def _corrected(self, p: np.ndarray, V: np.ndarray) -> np.ndarray:
+        a, b, c = self.coef_
         if self.mode == "affine":
             return np.maximum(a + b * p, 1e-9)
-        return np.exp(a + b * np.log(np.maximum(p, 1e-9)))
+        z = a + b * np.log(np.maximum(p, 1e-9))
+        if c != 0.0:
+            z = z + c * self._log_macs(V)
+        return np.exp(z)
 
     def _predict(self, V: np.ndarray) -> np.ndarray:
-        out = self._corrected(self._prior().predict(V))
+        out = self._corrected(self._prior().predict(V), V)
         if self.residual_ is not None:
             out = out * np.exp(self.residual_.predict(featurize_vectors(self.config, V)))
         return out

@@ -338,8 +338,10 @@ class HybridPredictor(XGBPredictor):
 
     _BASES = ("lut", "macs", "none")
 
-    def _base_regressor(self, V: np.ndarray) -> np.ndarray:
-        return self._lut(V) if self.base == "lut" else super()._base_regressor(V)
+    def _base_regressor(self, V: np.ndarray, F: np.ndarray) -> np.ndarray:
+        if self.base == "lut":
+            return F[:, -1].astype(np.float64)  # the LUT sum is the last column of the design matrix
+        return super()._base_regressor(V, F[:, :-1])
 
     def _get_state(self) -> dict[str, Any]:
         return {**super()._get_state(), "table": _as_table(self.table, self.config).to_state()}

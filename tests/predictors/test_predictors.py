@@ -15,7 +15,7 @@ from hwnas.predictors import (
     read_header,
     save_predictor,
 )
-from hwnas.predictors.metrics import holdout_split, kendall_tau, mape, rmse
+from hwnas.predictors.metrics import evaluate_kfold, holdout_split, kendall_tau, mape
 from hwnas.predictors.lut import LatencyTable, lut_index
 
 # per-kind hyperparameters for ~24 training rows (defaults are tuned for hundreds)
@@ -48,11 +48,13 @@ def test_fit_predict_on_real_latencies(kind, measured, split):
     assert pred.n_train_ == len(tr)
     p = pred.predict(V[te])
     assert p.shape == (len(te),) and np.all(np.isfinite(p)) and np.all(p > 0)
-    assert kendall_tau(y[te], p) > 0.5, (kind, y[te], p)
-    assert rmse(y[te], p) < rmse(y[te], np.full(len(te), y[tr].mean())), kind  # better than a constant
     # arch dicts and the gene matrix give the same predictions
     archs = [measured.config.space.decode(v) for v in V[te[:3]]]
     assert np.allclose(pred.predict(archs), p[:3])
+    # quality: 3-fold out-of-fold predictions of all 36 subnets (steadier than a 12-subnet test set)
+    m = evaluate_kfold(lambda: make(kind, measured), V, y, k=3, seed=0)
+    assert m["kendall_tau"] > 0.5, (kind, m)
+    assert m["rmse"] < np.std(y), (kind, m)  # better than a constant
 
 
 @pytest.mark.parametrize("kind", list_predictors())
