@@ -6,34 +6,18 @@ interrupted run never leaves a half-written file.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from hwnas.export.onnx_export import atomic_output
 from hwnas.search.loop import SearchResult
 
 
-@contextlib.contextmanager
-def _atomic(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    with _atomic(path) as tmp:
+    with atomic_output(path) as tmp:
         tmp.write_text(text)
 
 
@@ -139,7 +123,7 @@ def plot_front(result: SearchResult, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with _atomic(path) as tmp:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
 
