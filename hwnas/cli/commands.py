@@ -136,7 +136,7 @@ def profile_cmd(
                                progress=lambda ev: update(ev.done, ev.total, f"{ev.arch_id[:24]:<24}"))
 
     def human(r):
-        typer.echo(f"{r['device']}: {r['measured']} measured, {r['skipped']} already in store, {r['failed']} failed "
+        typer.echo(f"{r['device']}: {r['measured']} measured, {r['skipped']} already in store, {len(r['failed'])} failed "
                    f"in {r['wall_s']:.0f} s ({r['subnets_per_min']:.1f} subnets/min, overhead x{r['overhead']:.1f}); "
                    f"store {r['store']}")
 
