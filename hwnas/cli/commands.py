@@ -136,9 +136,10 @@ def profile_cmd(
                                progress=lambda ev: update(ev.done, ev.total, f"{ev.arch_id[:24]:<24}"))
 
     def human(r):
-        typer.echo(f"{r['device']}: {r['measured']} measured, {r['skipped']} already in store, {len(r['failed'])} failed "
-                   f"in {r['wall_s']:.0f} s ({r['subnets_per_min']:.1f} subnets/min, overhead x{r['overhead']:.1f}); "
-                   f"store {r['store']}")
+        rate = (f" ({r['subnets_per_min']:.1f} subnets/min, overhead x{r['overhead']:.1f})"
+                if r.get("overhead") else "")
+        typer.echo(f"{r['device']}: {r['measured']} measured, {r['skipped']} already in store, "
+                   f"{len(r['failed'])} failed in {r['wall_s']:.0f} s{rate}; store {r['store']}")
 
     emit(res, json_, human)
 
