@@ -34,7 +34,13 @@ from hwnas.errors import HwnasError
 from hwnas.predictors import create_predictor, list_predictors
 from hwnas.predictors.features import resolve_config
 from hwnas.predictors.jobs import latency_table_for, load_accuracy_data, load_latency_data
-from hwnas.predictors.metrics import LEARNING_CURVE_SIZES, holdout_split, learning_curve, regression_metrics
+from hwnas.predictors.metrics import (
+    LEARNING_CURVE_SIZES,
+    evaluate_kfold,
+    holdout_split,
+    learning_curve,
+    regression_metrics,
+)
 
 LATENCY_KINDS = ("linear", "xgb", "lut", "hybrid", "mlp")
 
@@ -140,22 +146,28 @@ def bench_throughput(args: argparse.Namespace, cfg: Any, data: dict, table: Any)
 
 
 def bench_accuracy(args: argparse.Namespace, cfg: Any) -> dict:
+    from hwnas.predictors.jobs import _params_for
+
     data = load_accuracy_data(args.accuracy_store or args.store, cfg, supernet_hash=args.supernet_hash,
                               weights=args.weights, split=args.split)
     V, y = data["V"], data["y"]
     tr, te = holdout_split(len(y), 0.2, args.seed)
     print(f"\n== accuracy ({data['split']}, weights {data['supernet_hash']}): {len(y)} subnets, "
-          f"{y.min():.4f}-{y.max():.4f}; held-out {len(te)}")
+          f"{y.min():.4f}-{y.max():.4f}; held-out {len(te)} (5-fold CV figures on all {len(y)} in brackets)")
     out = {}
-    for kind, kw in (("mlp", {"features": "onehot"}), ("mlp", {"features": "all"}), ("xgb", {}),
-                     ("xgb", {"target_transform": "none", "base": "none"})):
-        label = f"{kind} {','.join(f'{k}={v}' for k, v in kw.items())}".strip()
+    for label, kind, kw in (("mlp", "mlp", _params_for("accuracy", "mlp", {})),
+                            ("xgb", "xgb", _params_for("accuracy", "xgb", {})),
+                            ("xgb, latency defaults", "xgb", {})):
         t0 = time.perf_counter()
         pred = create_predictor(kind, supernet=cfg, **kw).fit(V[tr], y[tr])
+        fit_s = time.perf_counter() - t0
         m = regression_metrics(y[te], pred.predict(V[te]), relative=False)
         m["rmse_constant"] = float(np.sqrt(np.mean((y[te] - y[tr].mean()) ** 2)))
-        print(f"{label:>40}: tau {m['kendall_tau']:.3f}  RMSE {m['rmse']:.4f} (constant {m['rmse_constant']:.4f})"
-              f"  fit {time.perf_counter() - t0:.1f} s")
+        cv = evaluate_kfold(lambda: create_predictor(kind, supernet=cfg, **kw), V, y, k=5, seed=args.seed,
+                            relative=False)
+        m["cv_kendall_tau"], m["cv_rmse"] = cv["kendall_tau"], cv["rmse"]
+        print(f"{label:>22}: tau {m['kendall_tau']:.3f} [{cv['kendall_tau']:.3f}]  RMSE {m['rmse']:.4f} "
+              f"[{cv['rmse']:.4f}] (constant {m['rmse_constant']:.4f})  fit {fit_s:.1f} s")
         out[label] = m
     return out
 

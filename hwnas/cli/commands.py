@@ -153,7 +153,7 @@ def predictor_fit_cmd(
     target: str = typer.Option("latency", help="latency | accuracy"),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device (latency)."),
     kind: Optional[str] = typer.Option(None, help="xgb (default latency) | lut | hybrid | transfer | linear | "
-                                                  "mlp | auto (default accuracy)"),
+                                                  "mlp | auto (xgb is the default for accuracy too)"),
     supernet: str = typer.Option("mbv3_fmnist"),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite")),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Artifact file (.json) or directory."),

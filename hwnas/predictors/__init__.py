@@ -26,6 +26,7 @@ from hwnas.predictors.features import (
     featurize_vectors,
 )
 from hwnas.predictors.jobs import eval_job, fit_job, load_accuracy_data, load_latency_data, predict_job
+from hwnas.predictors.lut import LatencyTable, build_latency_table, load_table, save_table
 from hwnas.predictors.metrics import (
     evaluate_holdout,
     evaluate_kfold,
@@ -41,9 +42,11 @@ from hwnas.predictors.metrics import (
 __all__ = [
     "DEFAULT_SUPERNET",
     "FEATURE_VERSION",
+    "LatencyTable",
     "Predictor",
     "UnknownPredictorError",
     "as_vectors",
+    "build_latency_table",
     "create_predictor",
     "encode_archs",
     "eval_job",
@@ -61,6 +64,7 @@ __all__ = [
     "load_accuracy_data",
     "load_latency_data",
     "load_predictor",
+    "load_table",
     "mape",
     "predict_job",
     "read_header",
@@ -68,5 +72,6 @@ __all__ = [
     "register_predictor",
     "rmse",
     "save_predictor",
+    "save_table",
     "within",
 ]

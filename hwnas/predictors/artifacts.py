@@ -192,17 +192,24 @@ def save_predictor(pred: Predictor, path: str | Path, meta: Mapping[str, Any] | 
     atomically: a failure never leaves a half-written file.  Returns the file written."""
     p = _resolve_path(path)
     d = predictor_to_dict(pred, meta)
-    text = json.dumps(d, allow_nan=False, separators=(",", ":"))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    atomic_write_text(p, json.dumps(d, allow_nan=False, separators=(",", ":")))
+    return p
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place (mode 0644 less umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, p)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return p
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class Predictor:
     targets: ClassVar[tuple[str, ...]] = ("latency",)
     # hyperparameters that are objects with their own state (a LUT, a prior predictor), not JSON values
     object_params: ClassVar[tuple[str, ...]] = ()
+    PREDICT_CHUNK: ClassVar[int] = 262_144
 
     supernet: Any
 
@@ -144,6 +145,9 @@ class Predictor:
         V = self.vectors(X)
         if len(V) == 0:
             return np.zeros(0)
+        if len(V) > self.PREDICT_CHUNK:  # bounds the memory of the feature matrix for huge populations
+            return np.concatenate([np.asarray(self._predict(V[i:i + self.PREDICT_CHUNK]), dtype=np.float64)
+                                   for i in range(0, len(V), self.PREDICT_CHUNK)])
         return np.asarray(self._predict(V), dtype=np.float64)
 
     def predict_one(self, arch: Mapping[str, Any]) -> float:

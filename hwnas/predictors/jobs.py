@@ -47,7 +47,7 @@ def _device_name(device: Any) -> str:
 LATENCY_STATS = ("median_ms", "min_ms", "mean_ms", "p90_ms")
 
 
-def load_latency_data(store_path: str | Path, device: Any, supernet: str = DEFAULT_SUPERNET,
+def load_latency_data(store_path: str | Path, device: Any, supernet: Any = DEFAULT_SUPERNET,
                       fp_hash: str | None = None, stat: str = "median_ms") -> dict[str, Any]:
     """Whole-network latency rows of ``device`` for ``supernet``: ``V`` (gene matrix), ``y`` (the ``stat``
     column, median ms by default), ``arch_ids``, ``fp_hash``, ``fingerprint``, ``device``.
@@ -100,7 +100,7 @@ def supernet_weights_hash(supernet: str, weights: str | Path | None) -> str:
     return net.weights_hash
 
 
-def load_accuracy_data(store_path: str | Path, supernet: str = DEFAULT_SUPERNET, *, supernet_hash: str | None = None,
+def load_accuracy_data(store_path: str | Path, supernet: Any = DEFAULT_SUPERNET, *, supernet_hash: str | None = None,
                        weights: str | Path | None = None, split: str = "val") -> dict[str, Any]:
     """Accuracy rows of the supernet weights ``supernet_hash`` (or the hash of ``weights``) on ``split``."""
     from hwnas.devices.store import Store
@@ -166,7 +166,7 @@ def _make(kind: str, supernet: str, params: Mapping[str, Any], table: Any = None
 def fit_job(
     store_path: str | Path,
     device: Any = None,
-    supernet: str = DEFAULT_SUPERNET,
+    supernet: Any = DEFAULT_SUPERNET,
     target: str = "latency",
     kind: str | None = None,
     out: str | Path | None = None,
@@ -193,8 +193,10 @@ def fit_job(
     ``transfer`` needs ``prior`` (a predictor of another device, or its path) and is
     meant for few measurements (``max_train`` 10-20).
     accuracy: rows of the supernet weights (``supernet_hash``, or the hash of ``weights``) on ``split``;
-    kind defaults to ``auto`` (``mlp`` or ``xgb``, whichever ranks better in 5-fold CV on the train split).
+    kind defaults to ``xgb`` on the one-hot encoding (it ranked best in 5-fold CV on 252 Fashion-MNIST
+    evaluations: tau 0.71 vs 0.69 for ``mlp``); ``auto`` picks ``mlp`` or ``xgb`` by 5-fold CV on the train split.
 
+    ``params``: hyperparameters of ``kind``, or a dict per kind (``{"mlp": {...}, "xgb": {...}}``).
     ``holdout`` is the held-out fraction (seeded split); ``max_train`` caps the training rows; ``stat`` is the
     latency statistic fitted (``median_ms``; ``min_ms`` is steadier on a machine with other load).
     The artifact (``out``: a .json file or a directory) is the model fitted on the train split.
@@ -204,6 +206,8 @@ def fit_job(
     cfg = resolve_config(supernet)
     snet: Any = supernet if isinstance(supernet, MBv3Config) else cfg.name  # an unregistered family travels as is
     params = dict(params or {})
+    # params are hyperparameters of the kind, or per kind: {"mlp": {...}, "xgb": {...}} (what 'auto' takes)
+    per_kind = bool(params) and all(k in _kinds_for(None) and isinstance(v, Mapping) for k, v in params.items())
     meta: dict[str, Any] = {"target": target}
     if kind not in (None, "auto") and target not in get_predictor_class(kind).targets:
         raise PredictorError(f"predictor kind {kind!r} does not predict {target}; choose one of: "
@@ -217,7 +221,7 @@ def fit_job(
                     supernet_hash=None)
     else:
         data = load_accuracy_data(store_path, snet, supernet_hash=supernet_hash, weights=weights, split=split)
-        kind = kind or "auto"
+        kind = kind or "xgb"
         meta.update(supernet_hash=data["supernet_hash"])
     V, y, ids = data["V"], data["y"], data["arch_ids"]
     if len(y) < 5:
@@ -238,7 +242,7 @@ def fit_job(
     selection = None
     if kind == "auto":
         kind, selection = _select_kind(snet, target, V[tr], y[tr], params, seed)
-    kind_params = dict(params.get(kind, {})) if selection else params  # auto: params per kind, {"mlp": {...}}
+    kind_params = dict(params.get(kind, {})) if per_kind else params
     make = _make(kind, snet, _params_for(target, kind, kind_params), table=table, prior=prior)
     pred = make().fit(V[tr], y[tr])
     result: dict[str, Any] = {
@@ -276,7 +280,7 @@ def fit_job(
     return result
 
 
-def _kinds_for(target: str) -> list[str]:
+def _kinds_for(target: str | None) -> list[str]:
     from hwnas.predictors.base import list_predictors
 
     return list_predictors(target)

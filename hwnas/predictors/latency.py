@@ -5,6 +5,7 @@ All take the gene matrix (or arch dicts) and predict milliseconds; see ``hwnas.p
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -243,7 +244,7 @@ class TransferPredictor(Predictor):
 
     def _prior(self) -> Predictor:
         p = self.prior
-        if isinstance(p, str):
+        if isinstance(p, (str, os.PathLike)):
             from hwnas.predictors.artifacts import load_predictor
 
             p = self.prior = load_predictor(p, expect_supernet=self.supernet_name)

@@ -39,7 +39,7 @@ def test_fit_lut_and_transfer_jobs(measured, tmp_path):
     fit_job(measured.store_path, "ort-cpu-1t", measured.config, kind="xgb", out=prior, holdout=0.25, stat=STAT)
     res = fit_job(measured.store_path, NOOPT_DEVICE.name, measured.config, kind="transfer", prior=prior,
                   max_train=12, holdout=0.25, out=tmp_path / "tr.json", stat=STAT)
-    assert res["n_train"] == 12 and res["metrics"]["kendall_tau"] > 0.5
+    assert res["n_train"] == 12 and res["metrics"]["kendall_tau"] > 0.4  # another runtime ranks differently
     tr = load_predictor(tmp_path / "tr.json")
     assert tr.meta_["device"] == NOOPT_DEVICE.name and tr.prior.meta_["device"] == "ort-cpu-1t"
     assert eval_job(measured.store_path, tmp_path / "tr.json")["n_eval"] == 36 - 12
@@ -71,11 +71,15 @@ def test_fit_accuracy_job(measured, tmp_path):
     with Store(store_path) as store:
         for a, y in zip(archs, acc):
             store.add_accuracy("h0", sp.arch_id(a), "val", float(y), 1000, arch=a, supernet=measured.config.name)
-    res = fit_job(store_path, None, measured.config, target="accuracy", supernet_hash="h0", out=tmp_path / "acc.json",
-                  params={"mlp": {"n_ensemble": 1, "hidden": (32,), "max_iter": 200}, "xgb": {"n_estimators": 100}})
+    res = fit_job(store_path, None, measured.config, target="accuracy", kind="auto", supernet_hash="h0",
+                  out=tmp_path / "acc.json", params={"mlp": {"n_ensemble": 1, "hidden": (32,), "max_iter": 200}, "xgb": {"n_estimators": 100}})
     assert res["kind"] in ("mlp", "xgb") and set(res["selection"]["cv"]) == {"mlp", "xgb"}
     assert res["metrics"]["kendall_tau"] > 0.5 and "mape" not in res["metrics"]
     ev = eval_job(store_path, tmp_path / "acc.json")
     assert ev["target"] == "accuracy" and ev["n_eval"] == res["n_test"]
     with pytest.raises(PredictorError, match="weights"):
         load_predictor(tmp_path / "acc.json", expect_supernet_hash="other")
+    # the default kind for accuracy: trees on the one-hot encoding
+    res = fit_job(store_path, None, measured.config, target="accuracy", supernet_hash="h0",
+                  params={"xgb": {"n_estimators": 100}})
+    assert res["kind"] == "xgb" and "selection" not in res and res["metrics"]["kendall_tau"] > 0.5

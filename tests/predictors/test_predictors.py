@@ -16,21 +16,24 @@ from hwnas.predictors import (
     save_predictor,
 )
 from hwnas.predictors.metrics import evaluate_kfold, holdout_split, kendall_tau, mape
-from hwnas.predictors.lut import LatencyTable, lut_index
+from hwnas.predictors.lut import LatencyTable, load_table, lut_index, save_table
 
 # per-kind hyperparameters for ~24 training rows (defaults are tuned for hundreds)
 PARAMS = {"mlp": {"features": "all", "n_ensemble": 3}, "xgb": {"n_estimators": 200}, "hybrid": {"n_estimators": 200}}
 
 
 def make(kind: str, m):
-    """An unfitted predictor of ``kind`` for the tiny family, with its table / prior where it needs one
-    (the transfer prior is fitted on the other device's measurements)."""
+    """An unfitted predictor of ``kind`` for the tiny family, with its table / prior where it needs one.
+
+    The transfer prior uses no ORT-optimized whole-network measurement: it is the LUT with its offset
+    fitted on the other device's networks (cross-device priors are tested in test_few_shot_transfer_*).
+    """
     kw = dict(PARAMS.get(kind, {}))
     if kind in ("lut", "hybrid"):
         kw["table"] = m.table
     if kind == "transfer":
         src = m.noopt
-        kw["prior"] = create_predictor("xgb", supernet=m.config, n_estimators=200).fit(src["V"], src["y"])
+        kw["prior"] = create_predictor("lut", supernet=m.config, table=m.table).fit(src["V"], src["y"])
     return create_predictor(kind, supernet=m.config, **kw)
 
 
@@ -138,6 +141,20 @@ def test_lut_table(measured):
     assert np.array_equal(again.sum_vectors(m.ort["V"]), s)
     with pytest.raises(PredictorError, match="another family"):
         LatencyTable(m.config, {"mb-bogus": 1.0})
+
+
+def test_lut_file_roundtrip(measured, tmp_path):
+    m = measured
+    path = save_table(m.table, tmp_path / "lut.json")
+    doc = json.loads(path.read_text())
+    assert doc["fp_hash"] == m.ort["fp_hash"] and len(doc["entries"]) == len(m.table.values)
+    assert {"key", "kind", "size", "ms"} <= set(doc["entries"][0])
+    again = load_table(path, expect_supernet=m.config.name, expect_fp_hash=m.ort["fp_hash"])
+    assert np.array_equal(again.values, m.table.values)
+    with pytest.raises(PredictorError, match="not mbv3_fmnist"):
+        load_table(path, expect_supernet="mbv3_fmnist")
+    with pytest.raises(PredictorError, match="fingerprint"):
+        load_table(path, expect_fp_hash="000000000000")
 
 
 def test_lut_build_is_resumable(measured):
