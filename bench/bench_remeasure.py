@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.devices import Store, load_device, profile_archs
-from hwnas.devices.profile import supernet_model_builder
+from hwnas.devices.profile import ANCHOR_META, default_anchor, supernet_model_builder
 from hwnas.supernet.registry import create_supernet
 
 
@@ -29,15 +29,19 @@ def main() -> None:
     args = ap.parse_args()
     spec = load_device(args.device)
     with Store(args.store) as st:
-        rows = [r for r in st.measurements(supernet=args.supernet, device=args.device) if r["arch"]]
+        rows = [r for r in st.measurements(supernet=args.supernet, device=spec.name) if r["arch"]]
+        # the anchor calibration of the stored rows, so both sets are on the same scale
+        anchors = {k: v for k, v in st._exec("SELECT key, value FROM meta WHERE key LIKE ?", (ANCHOR_META + "|%",))}
     rng = np.random.default_rng(args.seed)
     rows = [rows[i] for i in rng.permutation(len(rows))[: args.n]]
     net = create_supernet(args.supernet, pretrained=False)
     with tempfile.TemporaryDirectory() as tmp:
         with Store(Path(tmp) / "re.sqlite") as st2:
+            for k, v in anchors.items():
+                st2.set_meta(k, v)
             profile_archs(st2, spec, [(r["arch_id"], r["arch"]) for r in rows],
                           supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), args.supernet,
-                          delete_models=True)
+                          delete_models=True, anchor=default_anchor(net.space))
             new = {r["arch_id"]: r["median_ms"] for r in st2.measurements()}
     ratio = np.array([new[r["arch_id"]] / r["median_ms"] for r in rows])
     dev = np.abs(ratio - 1)

@@ -41,7 +41,7 @@ def search_job(store_path: str | Path, device: str, supernet: str, budget: str |
     import tempfile
 
     from hwnas.devices import Store, load_device
-    from hwnas.devices.profile import supernet_model_builder
+    from hwnas.devices.profile import default_anchor, supernet_model_builder
     from hwnas.errors import SearchError
     from hwnas.predictors.artifacts import load_predictor
     from hwnas.predictors.jobs import fit_job, load_latency_data
@@ -75,7 +75,7 @@ def search_job(store_path: str | Path, device: str, supernet: str, budget: str |
     data = EvalData.load("val")
     with tempfile.TemporaryDirectory(prefix="hwnas-search-") as tmp, Store(store_path) as st:
         measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), supernet,
-                                 net.space)
+                                 net.space, anchor=default_anchor(net.space))
 
         def refit(rows):
             fit = fit_job(store_path, device, supernet, target="latency", kind="xgb", out=Path(tmp) / "lat.json",

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from hwnas.devices.backends import create_backend, fingerprint_for, get_backend_class, runtime_config
+from hwnas.devices.backends.base import LocalBackend
 from hwnas.devices.modelfile import check_onnx_file
-from hwnas.devices.protocol import ProtocolSettings
+from hwnas.devices.protocol import Measurement, ProtocolSettings
 from hwnas.devices.spec import DeviceSpec, load_device
 from hwnas.devices.store import Store
 from hwnas.errors import DeviceUnavailableError, HwnasError, StoreError
@@ -51,6 +53,69 @@ def _require_available(spec: DeviceSpec) -> None:
         raise DeviceUnavailableError(f"device {spec.name!r} cannot run here: {reason}")
 
 
+def visit_settings(s: ProtocolSettings, r: int) -> ProtocolSettings:
+    """The protocol for visit ``r`` (0-based) of ``s.rounds``: the time cap is shared by the visits, and
+    visits after the first need only a short re-warm-up (caches, branch predictors)."""
+    if s.rounds <= 1:
+        return s
+    cap = max(s.time_cap_s / s.rounds, 0.05)
+    return replace(s, time_cap_s=cap, min_timed_s=min(s.min_timed_s, cap),
+                   warmup_s=min(s.warmup_s, cap) if r == 0 else min(s.warmup_s, 0.05, cap))
+
+
+ANCHOR_META = "anchor_ms"
+
+
+def _anchor_key(fp_hash: str, rc: str, spec: DeviceSpec, anchor_id: str) -> str:
+    return f"{ANCHOR_META}|{fp_hash}|{rc}|{spec.batch}|{spec.precision}|{anchor_id}"
+
+
+def anchor_latency(store: Store, fp_hash: str, rc: str, spec: DeviceSpec, anchor_id: str, runner: Any,
+                   settings: ProtocolSettings) -> float:
+    """The anchor's calibrated latency (ms) for this store and device key: read from the store, or
+    measured now (alone, windowed over ``CALIBRATION_S`` seconds, lower quartile of 30-run window
+    medians) and saved, so every row of the key is scaled by the same number."""
+    key = _anchor_key(fp_hash, rc, spec, anchor_id)
+    got = store.get_meta(key)
+    if got is not None:
+        return float(got)
+    cap = max(settings.time_cap_s, CALIBRATION_S)
+    cal = replace(settings, anchored=0, rounds=1, time_cap_s=cap, windows=max(settings.windows, 3),
+                  min_timed_s=min(CALIBRATION_S, cap), window_quantile=0.25)
+    m = runner.measure(cal)
+    store.set_meta(key, repr(float(m.median_ms)))
+    return float(m.median_ms)
+
+
+CALIBRATION_S = 2.0
+
+
+def default_anchor(space: Any) -> tuple[str, Arch]:
+    """The reference arch of a space for anchored timing: the middle choice of every gene."""
+    mid = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    n = space.n_stages * space.max_depth
+    arch = {"ks": [mid(space.ks_list)] * n, "e": [mid(space.e_list)] * n, "d": [mid(space.d_list)] * space.n_stages,
+            "r": mid(space.resolutions)}
+    arch = space.canonical(arch)
+    return space.arch_id(arch), arch
+
+
+def combine_rounds(visits: Sequence[Measurement]) -> Measurement:
+    """One measurement from several visits of the same model: the fastest visit (lowest ``median_ms``),
+    with every visit's latency in ``round_medians_ms`` and the time of all visits in ``timed_s``/``wall_s``."""
+    if not visits:
+        raise ProfileError("no visits to combine")
+    best = min(visits, key=lambda m: m.median_ms)
+    if len(visits) == 1:
+        return best
+    return replace(
+        best,
+        round_medians_ms=[float(m.median_ms) for m in visits],
+        timed_s=float(sum(m.timed_s for m in visits)),
+        wall_s=float(sum(m.wall_s for m in visits)),
+    )
+
+
 def profile_archs(
     store: Store,
     spec: DeviceSpec | str,
@@ -61,6 +126,8 @@ def profile_archs(
     settings: ProtocolSettings | None = None,
     progress: Callable[[ProfileEvent], None] | None = None,
     delete_models: bool = False,
+    chunk_size: int = 16,
+    anchor: tuple[str, Arch] | None = None,
 ) -> dict[str, Any]:
     """Measure each ``(arch_id, arch)`` on ``spec`` and write each row to ``store`` as it goes.
 
@@ -68,9 +135,17 @@ def profile_archs(
     skipped, so a killed run resumes where it stopped.  ``build_model(arch)`` returns an ONNX path
     (``ort``/``tensorrt``/``remote``) or an ``nn.Module`` (torch backends) and the full input shape
     (or ``None`` to read it from the ONNX file); with ``delete_models`` returned files are deleted
-    once measured.  An arch whose model cannot be built or loaded (any ``HwnasError`` but an
-    unavailable device or a store error, which stop the job) is reported in ``failed`` and the job
-    goes on.
+    once measured.  With ``settings.rounds`` > 1 the archs are taken in chunks of ``chunk_size``: all
+    models of a chunk are loaded, each is measured ``rounds`` times in turn (interleaved, so a burst of
+    interference from other tenants of the machine hits one visit, not all of them) and the fastest
+    visit is stored (``combine_rounds``); rows are written per chunk.  An arch whose model cannot be
+    built or loaded (any ``HwnasError`` but an unavailable device or a store error, which stop the job)
+    is reported in ``failed`` and the job goes on.
+
+    ``anchor`` = ``(anchor_id, arch)``: a reference arch built with ``build_model`` too.  For local
+    backends with ``settings.anchored`` every model is timed interleaved with it (anchored timing, see
+    ``run_protocol``); the anchor's own latency is calibrated once per store, fingerprint, runtime
+    config, batch and precision (``anchor_latency``) and every row of that key is scaled by it.
 
     Returns a summary: counts, ``wall_s`` (the whole job), ``timed_s`` (inside timed inferences),
     ``overhead`` (= wall / timed) and ``subnets_per_min``.
@@ -89,36 +164,99 @@ def profile_archs(
     measured, skipped, timed_s = 0, 0, 0.0
     failed: list[dict[str, str]] = []
     t0 = time.perf_counter()
-    for i, (arch_id, arch) in enumerate(todo.items(), start=1):
-        if arch_id in done:
-            skipped += 1
-            if progress:
-                progress(ProfileEvent(i, total, arch_id, "skipped"))
-            continue
-        model: Any = None
+    items = list(enumerate(todo.items(), start=1))
+    rounds = max(int(s.rounds), 1)
+    chunk = 1 if rounds == 1 else max(int(chunk_size), 1)
+    pending: list[tuple[int, str, Arch]] = []
+
+    def fail(i: int, arch_id: str, exc: Exception) -> None:
+        failed.append({"arch_id": arch_id, "error": str(exc)})
+        if progress:
+            progress(ProfileEvent(i, total, arch_id, "failed", error=str(exc)))
+
+    anchor_runner: Any = None
+    anchor_ms: float | None = None
+    outer = ExitStack()
+
+    def start_anchor() -> None:
+        nonlocal anchor_runner, anchor_ms
+        if anchor is None or not s.anchored or not issubclass(get_backend_class(spec.backend), LocalBackend):
+            return
+        aid, aarch = anchor
         try:
-            model, shape = build_model(arch)
-            with create_backend(spec, model=model, input_shape=shape) as backend:
-                m = backend.measure(s)
+            model, shape = build_model(aarch)
+            if delete_models and isinstance(model, (str, Path)):
+                outer.callback(Path(model).unlink, missing_ok=True)
+            anchor_runner = outer.enter_context(create_backend(spec, model=model, input_shape=shape))
         except (DeviceUnavailableError, StoreError):
             raise
-        except HwnasError as exc:  # this arch's model cannot be built or loaded: note it, go on
-            failed.append({"arch_id": arch_id, "error": str(exc)})
-            if progress:
-                progress(ProfileEvent(i, total, arch_id, "failed", error=str(exc)))
-            continue
-        finally:
-            if delete_models and isinstance(model, (str, Path)):
-                Path(model).unlink(missing_ok=True)
-        store.add_measurement(
-            fp.fp_hash, rc, arch_id, m, batch=spec.batch, precision=spec.precision,
-            arch=arch, supernet=supernet_name, device=spec.name,
-        )  # fmt: skip
-        done.add(arch_id)
-        measured += 1
-        timed_s += m.timed_s
-        if progress:
-            progress(ProfileEvent(i, total, arch_id, "measured", median_ms=m.median_ms))
+        except HwnasError as exc:
+            raise ProfileError(f"the anchor arch {aid} cannot be built or loaded: {exc}") from None
+        anchor_ms = anchor_latency(store, fp.fp_hash, rc, spec, aid, anchor_runner, s)
+
+    def run_chunk(group: list[tuple[int, str, Arch]]) -> None:
+        nonlocal measured, timed_s
+        if anchor is not None and anchor_runner is None and anchor_ms is None:
+            start_anchor()
+        with ExitStack() as stack:
+            live: list[tuple[int, str, Arch, Any]] = []
+            for i, arch_id, arch in group:
+                model: Any = None
+                try:
+                    model, shape = build_model(arch)
+                    if delete_models and isinstance(model, (str, Path)):
+                        stack.callback(Path(model).unlink, missing_ok=True)
+                    backend = stack.enter_context(create_backend(spec, model=model, input_shape=shape))
+                except (DeviceUnavailableError, StoreError):
+                    raise
+                except HwnasError as exc:  # this arch's model cannot be built or loaded: note it, go on
+                    fail(i, arch_id, exc)
+                    continue
+                live.append((i, arch_id, arch, backend))
+            visits: dict[str, list[Measurement]] = {arch_id: [] for _, arch_id, _, _ in live}
+            for r in range(rounds):
+                rs = visit_settings(s, r)
+                # the order alternates so no model is always measured right after the same neighbour
+                for i, arch_id, arch, backend in (live if r % 2 == 0 else live[::-1]):
+                    if arch_id not in visits:
+                        continue
+                    try:
+                        if anchor_runner is not None:
+                            visits[arch_id].append(backend.measure(rs, anchor=anchor_runner, anchor_ms=anchor_ms))
+                        else:
+                            visits[arch_id].append(backend.measure(rs))
+                    except (DeviceUnavailableError, StoreError):
+                        raise
+                    except HwnasError as exc:
+                        fail(i, arch_id, exc)
+                        del visits[arch_id]
+            for i, arch_id, arch, _ in live:
+                if arch_id not in visits:
+                    continue
+                m = combine_rounds(visits[arch_id])
+                store.add_measurement(
+                    fp.fp_hash, rc, arch_id, m, batch=spec.batch, precision=spec.precision,
+                    arch=arch, supernet=supernet_name, device=spec.name,
+                )  # fmt: skip
+                done.add(arch_id)
+                measured += 1
+                timed_s += m.timed_s
+                if progress:
+                    progress(ProfileEvent(i, total, arch_id, "measured", median_ms=m.median_ms))
+
+    with outer:
+        for i, (arch_id, arch) in items:
+            if arch_id in done:
+                skipped += 1
+                if progress:
+                    progress(ProfileEvent(i, total, arch_id, "skipped"))
+                continue
+            pending.append((i, arch_id, arch))
+            if len(pending) >= chunk:
+                run_chunk(pending)
+                pending = []
+        if pending:
+            run_chunk(pending)
     wall = time.perf_counter() - t0
     return {
         "device": spec.name,
@@ -169,7 +307,8 @@ def profile_onnx_file(
     s = settings or ProtocolSettings.from_mapping(spec.protocol)
     s = s.replace(time_cap_s=time_cap_s)
     with create_backend(spec, model=p, input_shape=input_shape) as backend:
-        m = backend.measure(s)
+        # with rounds > 1 the visits are back to back (there is nothing to interleave with)
+        m = combine_rounds([backend.measure(visit_settings(s, r)) for r in range(max(int(s.rounds), 1))])
         fp = getattr(backend, "last_fingerprint", None) or backend.fingerprint()
     rc = runtime_config(spec)
     out = {
@@ -231,7 +370,7 @@ def stratified_sample(
     return list(chosen.items())
 
 
-__all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "file_arch_id", "profile_archs", "profile_onnx_file", "stratified_sample"]
+__all__ = ["ModelBuilder", "anchor_latency", "combine_rounds", "default_anchor", "visit_settings", "ProfileError", "ProfileEvent", "file_arch_id", "profile_archs", "profile_onnx_file", "stratified_sample"]
 
 
 def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path, batch: int = 1) -> ModelBuilder:
@@ -286,6 +425,6 @@ def profile_supernet(
     with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp, Store(store_path) as store:
         build = supernet_model_builder(net, spec.backend, tmp, batch=spec.batch)
         summary = profile_archs(store, spec, archs, build, supernet, settings=settings, progress=progress,
-                                delete_models=True)
+                                delete_models=True, anchor=default_anchor(net.space))
     summary.update(device=spec.name, supernet=supernet, store=str(store_path))
     return summary

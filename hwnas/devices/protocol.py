@@ -4,11 +4,14 @@
 2. Warm-up: at least ``warmup_runs`` inferences *and* at least ``warmup_s`` seconds (bounded by the
    time cap, so a very slow model still finishes).
 3. Timed runs, one inference each, timed by the backend (``time.perf_counter_ns`` on CPU, CUDA events on
-   GPU), until the distribution-free 95% confidence interval of the median lies within ``rel_ci``
-   (1%) of the median, with at least ``min_runs`` and at most ``max_runs`` runs and at most
-   ``time_cap_s`` seconds of timed phase.
+   GPU), in windows of ``min_runs`` runs until there are ``windows`` of them and ``min_timed_s`` of
+   timed phase (or ``time_cap_s``); the latency is the ``window_quantile`` (lower quartile) of the
+   window medians, so bursts of interference lasting tens of milliseconds do not move it.  With
+   ``windows == 1`` and ``min_timed_s == 0``: the classic rule, runs until the distribution-free 95%
+   confidence interval of the median lies within ``rel_ci`` (1%) of the median.
 4. Robust statistics: median, p90, IQR, plus mean/std/CV for reference. Garbage collection is off
-   while timing.
+   while timing.  ``rounds`` is for profiling jobs (``hwnas.devices.profile``), which interleave
+   several visits per model and keep the fastest.
 """
 
 from __future__ import annotations
@@ -42,6 +45,20 @@ class ProtocolSettings:
     rel_ci: float = 0.01
     confidence: float = 0.95
     seed: int = 0
+    # Windowed timing (the classic CI stopping rule instead when windows == 1 and min_timed_s == 0): the timed phase is cut into windows
+    # of ``min_runs`` runs spread over at least ``min_timed_s`` seconds, and the reported latency is the
+    # ``window_quantile`` quantile of the window medians, so bursts of interference lasting tens to
+    # hundreds of milliseconds (other tenants of a shared or virtual machine) do not move it.
+    windows: int = 3
+    min_timed_s: float = 0.1
+    window_quantile: float = 0.25
+    # Profiling jobs (``profile_archs``) measure each model in ``rounds`` visits, interleaved with the
+    # other models of its chunk, and keep the fastest visit; a single ``run_protocol`` call ignores it.
+    rounds: int = 1
+    # Anchored timing: profiling jobs that have a reference model (the anchor) time it right after every
+    # inference of the model being measured and report the median model/anchor ratio times the
+    # anchor's calibrated latency, which cancels slowdowns that hit both (see PROTOCOL.md).  0 = off.
+    anchored: int = 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -52,13 +69,18 @@ class ProtocolSettings:
             ("time_cap_s", self.time_cap_s > 0),
             ("rel_ci", self.rel_ci >= 0),
             ("confidence", 0 < self.confidence < 1),
+            ("windows", self.windows >= 1),
+            ("min_timed_s", 0 <= self.min_timed_s <= self.time_cap_s),
+            ("window_quantile", 0 <= self.window_quantile <= 1),
+            ("rounds", self.rounds >= 1),
+            ("anchored", self.anchored in (0, 1)),
         ]
         for name, ok in checks:
             if not ok:
                 raise ProtocolError(
                     f"protocol setting {name} = {getattr(self, name)!r} is invalid "
                     "(need warmup_runs>=0, warmup_s>=0, min_runs>=3, max_runs>=min_runs, time_cap_s>0, "
-                    "rel_ci>=0, 0<confidence<1)"
+                    "rel_ci>=0, 0<confidence<1, windows>=1, 0<=min_timed_s<=time_cap_s, 0<=window_quantile<=1, rounds>=1, anchored 0 or 1)"
                 )
 
     @classmethod
@@ -76,12 +98,18 @@ class ProtocolSettings:
                 if isinstance(v, bool):
                     raise ValueError
                 fv = float(v)
+                if math.isnan(fv):
+                    raise ValueError
             except (TypeError, ValueError):
                 raise ProtocolError(f"protocol setting {k} = {v!r} is not a number") from None
             if is_int and not fv.is_integer():
                 raise ProtocolError(f"protocol setting {k} = {v!r} must be a whole number")
             typed[k] = int(fv) if is_int else fv
         return cls(**typed)
+
+    @property
+    def windowed(self) -> bool:
+        return self.windows > 1 or self.min_timed_s > 0
 
     def replace(self, **changes: Any) -> ProtocolSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -121,6 +149,16 @@ class Measurement:
     wall_s: float  # warm-up + timed phase, as seen by the caller
     batch: int = 1
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # windowed timing only: the median of each window, and the quantile reported as ``median_ms``
+    window_medians_ms: list[float] = field(default_factory=list)
+    window_quantile: float | None = None
+    # profiling in interleaved rounds only: each visit's latency; the fastest visit is this measurement
+    round_medians_ms: list[float] = field(default_factory=list)
+    # anchored timing only: median of the per-inference model/anchor ratios, the anchor's calibrated
+    # latency (median_ms = anchor_ratio * anchor_ms) and the anchor's raw median during this measurement
+    anchor_ratio: float | None = None
+    anchor_ms: float | None = None
+    anchor_median_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,9 +237,20 @@ def summarize(
     wall_s: float,
     batch: int = 1,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    window_sizes: Sequence[int] | None = None,
+    anchor_ns: Sequence[int] | None = None,
+    anchor_ms: float | None = None,
 ) -> Measurement:
-    """Statistics of per-inference times (nanoseconds) as a ``Measurement`` in milliseconds."""
-    x = np.sort(np.asarray(samples_ns, dtype=np.float64))
+    """Statistics of per-inference times (nanoseconds) as a ``Measurement`` in milliseconds.
+
+    With ``window_sizes`` (windowed timing: ``samples_ns`` is the concatenation of consecutive windows
+    of these sizes) ``median_ms`` is the ``settings.window_quantile`` quantile of the window medians and
+    the CI is that of the quantile over windows; the other statistics are over all samples.
+    With ``anchor_ns`` (the anchor's time right after each sample) and ``anchor_ms``, ``median_ms`` is
+    ``anchor_ms`` times the median of the per-sample ratios, and the CI is that of the ratio's median.
+    """
+    raw = np.asarray(samples_ns, dtype=np.float64)
+    x = np.sort(raw)
     if len(x) == 0:
         raise ProtocolError("no timed runs to summarize")
     ms = 1e-6
@@ -210,6 +259,37 @@ def summarize(
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if len(x) > 1 else 0.0
     lo, hi = median_ci(x, settings.confidence)
+    converged = ci_converged(x, settings.rel_ci, settings.confidence)
+    wmeds: list[float] = []
+    wq: float | None = None
+    if window_sizes:
+        if sum(window_sizes) != len(raw):
+            raise ProtocolError(f"window sizes sum to {sum(window_sizes)} but there are {len(raw)} samples")
+        bounds = np.cumsum([0, *window_sizes])
+        w = np.array([np.median(raw[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        wq = settings.window_quantile
+        med = float(np.quantile(w, wq))
+        # order-statistic CI of the quantile over windows (normal approximation to the binomial)
+        ws = np.sort(w)
+        z = NormalDist().inv_cdf(0.5 + settings.confidence / 2)
+        k = len(ws)
+        half = z * math.sqrt(k * wq * (1 - wq))
+        lo = float(ws[max(int(math.floor(k * wq - half)), 0)])
+        hi = float(ws[min(int(math.ceil(k * wq + half)), k - 1)])
+        converged = k >= settings.windows and max(med - lo, hi - med) <= max(settings.rel_ci, 0.02) * med
+        wmeds = [float(v) * ms for v in w]
+    ratio: float | None = None
+    a_med: float | None = None
+    if anchor_ns is not None:
+        a = np.asarray(anchor_ns, dtype=np.float64)
+        if len(a) != len(raw) or anchor_ms is None or not anchor_ms > 0:
+            raise ProtocolError("anchored timing needs one anchor time per sample and a positive anchor_ms")
+        r = np.sort(raw / np.maximum(a, 1.0))
+        ratio = float(np.median(r))
+        rlo, rhi = median_ci(r, settings.confidence)
+        med, lo, hi = ratio * anchor_ms / ms, rlo * anchor_ms / ms, rhi * anchor_ms / ms
+        converged = max(med - lo, hi - med) <= max(settings.rel_ci, 0.02) * med
+        a_med = float(np.median(a)) * ms
     return Measurement(
         median_ms=med * ms,
         p90_ms=p90 * ms,
@@ -222,48 +302,95 @@ def summarize(
         ci_low_ms=lo * ms,
         ci_high_ms=hi * ms,
         n=len(x),
-        converged=ci_converged(x, settings.rel_ci, settings.confidence),
+        converged=converged,
         stop_reason=stop_reason,
         warmup_runs=warmup_runs,
         timed_s=float(x.sum()) * 1e-9,
         wall_s=wall_s,
         batch=batch,
         input_shapes={k: [int(d) for d in v] for k, v in (input_shapes or {}).items()},
+        window_medians_ms=wmeds,
+        window_quantile=wq if ratio is None else None,
+        anchor_ratio=ratio,
+        anchor_ms=float(anchor_ms) if ratio is not None and anchor_ms is not None else None,
+        anchor_median_ms=a_med,
     )
 
 
-def run_protocol(runner: TimedRunner, settings: ProtocolSettings | None = None, batch: int = 1) -> Measurement:
-    """Measure an activated runner with the protocol above."""
+def run_protocol(runner: TimedRunner, settings: ProtocolSettings | None = None, batch: int = 1,
+                 anchor: TimedRunner | None = None, anchor_ms: float | None = None) -> Measurement:
+    """Measure an activated runner with the protocol above.
+
+    With ``anchor`` (another activated runner) and ``anchor_ms`` (its calibrated latency) every
+    inference of ``runner`` is followed by one of ``anchor``, warm-up included, and the latency is
+    ``anchor_ms`` times the median ratio of the two (anchored timing).
+    """
     s = settings or ProtocolSettings()
     specs = runner.input_specs()
+    if anchor is not None:
+        if anchor_ms is None or not anchor_ms > 0:
+            raise ProtocolError("anchored timing needs the anchor's calibrated latency (anchor_ms > 0)")
+        anchor.prepare(make_inputs(anchor.input_specs(), s.seed))
     runner.prepare(make_inputs(specs, s.seed))
+    anchor_times: list[int] | None = [] if anchor is not None else None
+
+    def once() -> int:
+        t = int(runner.time_once())
+        if anchor_times is not None:
+            anchor_times.append(int(anchor.time_once()))  # type: ignore[union-attr]
+        return t
+
     gc_was_enabled = gc.isenabled()
     gc.disable()
     t_start = time.perf_counter()
     try:
         warm = 0
         while True:
-            runner.time_once()
+            once()
             warm += 1
             elapsed = time.perf_counter() - t_start
             if (warm >= s.warmup_runs and elapsed >= s.warmup_s) or elapsed >= s.time_cap_s:
                 break
+        if anchor_times is not None:
+            anchor_times.clear()
         samples: list[int] = []
+        window_sizes: list[int] | None = None
         t_timed = time.perf_counter()
-        next_check = s.min_runs
-        stop_reason = "max_runs"
-        while len(samples) < s.max_runs:
-            samples.append(int(runner.time_once()))
-            n = len(samples)
-            if n >= next_check:
-                # checks get sparser as n grows, so the sorting stays O(n log n) overall
-                next_check = n + max(10, n // 10)
-                if ci_converged(np.sort(np.asarray(samples, dtype=np.float64)), s.rel_ci, s.confidence):
-                    stop_reason = "converged"
+        if s.windowed:
+            window_sizes = []
+            stop_reason = "windows"
+            while True:
+                k = 0
+                while k < s.min_runs:
+                    samples.append(once())
+                    k += 1
+                    if k >= 3 and time.perf_counter() - t_timed >= s.time_cap_s:
+                        break  # a slow model: a shorter last window rather than a blown time cap
+                window_sizes.append(k)
+                elapsed = time.perf_counter() - t_timed
+                if len(window_sizes) >= s.windows and elapsed >= s.min_timed_s:
                     break
-            if n >= 3 and time.perf_counter() - t_timed >= s.time_cap_s:
-                stop_reason = "time_cap"
-                break
+                if elapsed >= s.time_cap_s:
+                    stop_reason = "time_cap"
+                    break
+                if len(samples) + s.min_runs > s.max_runs:
+                    stop_reason = "max_runs"
+                    break
+        else:
+            next_check = s.min_runs
+            stop_reason = "max_runs"
+            while len(samples) < s.max_runs:
+                samples.append(once())
+                n = len(samples)
+                if n >= next_check:
+                    # checks get sparser as n grows, so the sorting stays O(n log n) overall
+                    next_check = n + max(10, n // 10)
+                    if ci_converged(np.sort(np.asarray(samples, dtype=np.float64)), s.rel_ci, s.confidence):
+                        stop_reason = "converged"
+                        break
+                if n >= 3 and time.perf_counter() - t_timed >= s.time_cap_s:
+                    stop_reason = "time_cap"
+                    break
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -276,6 +403,9 @@ def run_protocol(runner: TimedRunner, settings: ProtocolSettings | None = None, 
         wall_s=wall,
         batch=batch,
         input_shapes={sp.name: sp.shape for sp in specs},
+        window_sizes=window_sizes,
+        anchor_ns=anchor_times,
+        anchor_ms=anchor_ms,
     )
 
 

@@ -229,6 +229,18 @@ class Store:
         ).fetchone()
         return Measurement.from_dict(json.loads(row[0])) if row else None
 
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's key/value table (``None`` if absent)."""
+        row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a key of the store's key/value table; committed before returning."""
+        if key in ("kind", "schema_version"):
+            raise StoreError(f"meta key {key!r} belongs to the store itself")
+        self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                   (key, str(value)))
+
     def count_measurements(self) -> int:
         return int(self._exec("SELECT COUNT(*) FROM measurements").fetchone()[0])
 

@@ -18,6 +18,7 @@ def device_measure(
     settings: Any = None,
     progress: Callable[[Any], None] | None = None,
     delete_models: bool = True,
+    anchor: tuple[str, dict] | None = None,
 ) -> MeasureFn:
     """A ``measure(archs) -> [median ms]`` that profiles archs on ``spec`` into ``store``.
 
@@ -25,7 +26,8 @@ def device_measure(
     again (``profile_archs`` resumes), so the smallest arch is timed once per device.  An arch whose
     model fails to build comes back as nan and the search goes on without it.  ``build_model`` is
     ``hwnas.devices.profile.supernet_model_builder(net, spec.backend, workdir)`` or any
-    ``arch -> (onnx path | nn.Module, input shape | None)``.
+    ``arch -> (onnx path | nn.Module, input shape | None)``.  ``anchor`` (``default_anchor(space)``)
+    turns on anchored timing, as ``hwnas profile`` does, so the checks match the profiled rows.
     """
     from hwnas.devices import load_device, profile_archs
     from hwnas.devices.spec import DeviceSpec
@@ -36,7 +38,7 @@ def device_measure(
         pairs = [(space.arch_id(a), space.canonical(a)) for a in archs]
         summary = profile_archs(
             store, spec, pairs, build_model, supernet_name,
-            settings=settings, progress=progress, delete_models=delete_models,
+            settings=settings, progress=progress, delete_models=delete_models, anchor=anchor,
         )  # fmt: skip
         out = []
         for aid, _ in pairs:

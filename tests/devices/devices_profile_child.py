@@ -16,7 +16,9 @@ def main() -> None:
     store_path, models_dir, cap = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
     files = sorted(models_dir.glob("*.onnx"))
     archs = [(f.stem, {"file": f.name}) for f in files]
-    settings = ProtocolSettings(warmup_runs=3, warmup_s=0.02, min_runs=10**6, max_runs=10**6, time_cap_s=cap)
+    # two interleaved visits per model, in chunks of two models: rows land two at a time
+    settings = ProtocolSettings(warmup_runs=3, warmup_s=0.02, min_runs=10**6, max_runs=10**6, time_cap_s=cap,
+                                windows=1, min_timed_s=0.0, rounds=2)
     with Store(store_path) as store:
         summary = profile_archs(
             store,
@@ -26,6 +28,7 @@ def main() -> None:
             "kill-test",
             settings=settings,
             progress=lambda ev: print(ev.status, ev.arch_id, flush=True),
+            chunk_size=2,
         )
     print("done", summary["measured"], summary["skipped"], flush=True)
 

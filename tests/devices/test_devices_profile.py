@@ -15,6 +15,7 @@ import pytest
 from devices_onnx_models import build_convnet
 from hwnas.devices import ProtocolSettings, Store, load_device, profile_archs, profile_onnx_file, stratified_sample
 from hwnas.devices.backends import ModelKindError
+from hwnas.devices.profile import visit_settings
 from hwnas.errors import ModelFileError
 from hwnas.supernet.arch import ArchSpace
 
@@ -180,3 +181,31 @@ def test_stratified_sample_small_n() -> None:
 
     with pytest.raises(ProfileError):
         stratified_sample(space, 1, 0, _size)
+
+
+def test_profile_archs_interleaved_rounds_keep_the_fastest_visit(tmp_path: Path) -> None:
+    models = _models(tmp_path, 5)
+    order: list[str] = []
+    s = FAST.replace(rounds=3, time_cap_s=0.3)
+
+    def build(arch: dict):
+        return models[arch["id"]], None
+
+    with Store(tmp_path / "r.sqlite") as st:
+        out = profile_archs(st, "ort-cpu-1t", [(a, {"id": a}) for a in models], build, "toy", settings=s,
+                            chunk_size=2, progress=lambda ev: order.append(ev.arch_id))
+        rows = {r["arch_id"]: r for r in st.measurements()}
+        full = {a: st.measurement(r["fp_hash"], r["runtime_config"], a, 1, "fp32") for a, r in rows.items()}
+    assert out["measured"] == 5 and order == sorted(models)  # rows land chunk by chunk, in order
+    for a, m in full.items():
+        assert m is not None and len(m.round_medians_ms) == 3 and m.median_ms == min(m.round_medians_ms)
+        assert rows[a]["median_ms"] == m.median_ms
+
+
+def test_visit_settings_share_the_time_cap() -> None:
+    s = ProtocolSettings(rounds=4, time_cap_s=2.0, warmup_s=0.2, min_timed_s=0.05)
+    first, later = visit_settings(s, 0), visit_settings(s, 1)
+    assert first.time_cap_s == later.time_cap_s == 0.5 and first.warmup_s == 0.2 and later.warmup_s == 0.05
+    assert visit_settings(s.replace(rounds=1), 3) == s.replace(rounds=1)
+    tiny = visit_settings(ProtocolSettings(rounds=3, time_cap_s=0.06, min_timed_s=0.05), 0)
+    assert tiny.time_cap_s == 0.05 and tiny.min_timed_s <= tiny.time_cap_s

@@ -22,6 +22,9 @@ from hwnas.devices.protocol import (
 )
 
 
+CLASSIC = {"windows": 1, "min_timed_s": 0.0}  # the CI stopping rule instead of windowed timing
+
+
 class SyntheticRunner:
     """A runner whose 'inference' takes a scripted time: exercises the stopping rules exactly."""
 
@@ -70,7 +73,7 @@ def test_summarize_matches_numpy() -> None:
 
 def test_constant_latency_converges_at_min_runs() -> None:
     runner = SyntheticRunner([1_000_000])
-    s = ProtocolSettings(warmup_runs=10, warmup_s=0.0, min_runs=30)
+    s = ProtocolSettings(warmup_runs=10, warmup_s=0.0, min_runs=30, **CLASSIC)
     m = run_protocol(runner, s)
     assert m.converged and m.stop_reason == "converged" and m.n == 30
     assert m.warmup_runs == 10 and m.median_ms == pytest.approx(1.0) and m.iqr_ms == 0
@@ -80,21 +83,23 @@ def test_constant_latency_converges_at_min_runs() -> None:
 def test_noisy_latency_needs_more_runs_and_max_runs_caps() -> None:
     rng = np.random.default_rng(3)
     noisy = (1e6 * (1 + rng.uniform(-0.5, 0.5, 2000))).astype(np.int64)
-    m = run_protocol(SyntheticRunner(noisy), ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=30, time_cap_s=60))
+    m = run_protocol(SyntheticRunner(noisy), ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=30, time_cap_s=60, **CLASSIC))
     assert m.converged and m.n > 100  # +-50% noise needs hundreds of runs for a 1% CI
-    capped = run_protocol(SyntheticRunner(noisy), ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=30, max_runs=40))
+    capped = run_protocol(SyntheticRunner(noisy), ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=30, max_runs=40, **CLASSIC))
     assert capped.n == 40 and capped.stop_reason == "max_runs" and not capped.converged
 
 
 def test_time_cap_is_respected() -> None:
     runner = SyntheticRunner([2_000_000, 3_000_000], sleep=True)  # 2-3 ms per "inference"
-    s = ProtocolSettings(warmup_runs=5, warmup_s=0.05, min_runs=30, rel_ci=0.0, time_cap_s=0.25)
-    t0 = time.perf_counter()
-    m = run_protocol(runner, s)
-    wall = time.perf_counter() - t0
-    assert m.stop_reason == "time_cap" and not m.converged
-    assert wall < 0.25 + 0.05 + 0.25  # timed cap + warm-up + one inference and slack
-    assert m.wall_s <= wall
+    for extra in (CLASSIC, {"windows": 1000, "min_runs": 10**6, "max_runs": 10**6}):
+        s = ProtocolSettings(**{"warmup_runs": 5, "warmup_s": 0.05, "min_runs": 30, "rel_ci": 0.0,
+                                "time_cap_s": 0.25, **extra})
+        t0 = time.perf_counter()
+        m = run_protocol(runner, s)
+        wall = time.perf_counter() - t0
+        assert m.stop_reason == "time_cap" and not m.converged
+        assert wall < 0.25 + 0.05 + 0.25  # timed cap + warm-up + one inference and slack
+        assert m.wall_s <= wall
 
 
 def test_settings_validation() -> None:
@@ -116,7 +121,7 @@ def test_inputs_are_seeded_and_generated_once() -> None:
 
 
 def test_real_ort_session_converges(medium_onnx: Path) -> None:
-    s = ProtocolSettings(time_cap_s=3.0)
+    s = ProtocolSettings(time_cap_s=3.0, **CLASSIC)
     with create_backend(load_device("ort-cpu-1t"), model=medium_onnx) as runner:
         m = runner.measure(s)
     assert m.n >= s.min_runs and m.warmup_runs >= s.warmup_runs
@@ -126,3 +131,47 @@ def test_real_ort_session_converges(medium_onnx: Path) -> None:
     assert m.timed_s <= m.wall_s < s.time_cap_s + 1.0
     assert m.converged == (max(m.median_ms - m.ci_low_ms, m.ci_high_ms - m.median_ms) <= 0.01 * m.median_ms)
     assert m.converged, f"did not converge on a quiet ~1 ms model: {m}"
+
+
+def test_windowed_timing_ignores_a_long_burst_of_interference() -> None:
+    """1 ms inferences, but the first 40% of the timed phase runs 1.5x slower (another tenant busy):
+    the classic median moves with the burst, the lower quartile of window medians does not."""
+    times = [1_500_000] * 400 + [1_000_000] * 600
+    s = ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=20, windows=50, min_timed_s=0.0)
+    m = run_protocol(SyntheticRunner(times), s)
+    assert m.stop_reason == "windows" and m.n == 1000 and len(m.window_medians_ms) == 50
+    assert m.median_ms == pytest.approx(1.0) and m.window_quantile == 0.25 and m.converged
+    assert m.mean_ms == pytest.approx(1.2)  # the other statistics are over every run
+    burst_first = run_protocol(SyntheticRunner([1_500_000] * 600 + [1_000_000] * 400),
+                               ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=1000, max_runs=1000, **CLASSIC))
+    assert burst_first.median_ms == pytest.approx(1.5)
+
+
+def test_windowed_timing_spreads_over_min_timed_s() -> None:
+    runner = SyntheticRunner([1_000_000], sleep=True)
+    s = ProtocolSettings(warmup_runs=0, warmup_s=0, min_runs=5, windows=2, min_timed_s=0.06)
+    m = run_protocol(runner, s)
+    assert m.stop_reason == "windows" and m.n % 5 == 0 and m.timed_s >= 0.055
+    assert len(m.window_medians_ms) == m.n // 5 >= 10
+
+
+def test_windowed_settings_validation() -> None:
+    with pytest.raises(ProtocolError, match="windows"):
+        ProtocolSettings(windows=0)
+    with pytest.raises(ProtocolError, match="min_timed_s"):
+        ProtocolSettings(min_timed_s=5.0, time_cap_s=1.0)
+    with pytest.raises(ProtocolError, match="rounds"):
+        ProtocolSettings(rounds=0)
+    with pytest.raises(ProtocolError, match="not a number"):
+        ProtocolSettings.from_mapping({"window_quantile": "nan"})
+
+
+def test_real_ort_session_windowed(medium_onnx: Path) -> None:
+    s = ProtocolSettings(time_cap_s=3.0)
+    assert s.windowed and s.anchored  # the documented defaults
+    with create_backend(load_device("ort-cpu-1t"), model=medium_onnx) as runner:
+        m = runner.measure(s)
+    w = np.array(m.window_medians_ms)
+    assert len(w) >= s.windows and m.n >= s.windows * s.min_runs and m.stop_reason == "windows"
+    assert m.median_ms == pytest.approx(np.quantile(w, s.window_quantile))
+    assert m.min_ms <= m.median_ms <= m.max_ms and m.ci_low_ms <= m.median_ms <= m.ci_high_ms

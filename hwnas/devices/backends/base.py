@@ -216,9 +216,15 @@ class LocalBackend(Backend):
     def infer(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """Run the model on ``x`` (an array for single-input models, or a name->array dict); first output."""
 
-    def measure(self, settings: ProtocolSettings | None = None) -> Measurement:
+    def measure(self, settings: ProtocolSettings | None = None, anchor: LocalBackend | None = None,
+                anchor_ms: float | None = None) -> Measurement:
+        """The protocol on this model; with ``anchor`` (an active runner of the reference model) and
+        its calibrated latency ``anchor_ms``, anchored timing (``run_protocol``)."""
         self._require_active()
-        return run_protocol(self, settings or self.default_settings(), batch=self.spec.batch)
+        if anchor is not None:
+            anchor._require_active()
+        return run_protocol(self, settings or self.default_settings(), batch=self.spec.batch, anchor=anchor,
+                            anchor_ms=anchor_ms)
 
     def _feeds(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         specs = self.input_specs()
