@@ -59,7 +59,7 @@ def visit_settings(s: ProtocolSettings, r: int) -> ProtocolSettings:
     if s.rounds <= 1:
         return s
     cap = max(s.time_cap_s / s.rounds, 0.05)
-    return replace(s, time_cap_s=cap, min_timed_s=min(s.min_timed_s, cap),
+    return replace(s, time_cap_s=cap,
                    warmup_s=min(s.warmup_s, cap) if r == 0 else min(s.warmup_s, 0.05, cap))
 
 

@@ -208,4 +208,4 @@ def test_visit_settings_share_the_time_cap() -> None:
     assert first.time_cap_s == later.time_cap_s == 0.5 and first.warmup_s == 0.2 and later.warmup_s == 0.05
     assert visit_settings(s.replace(rounds=1), 3) == s.replace(rounds=1)
     tiny = visit_settings(ProtocolSettings(rounds=3, time_cap_s=0.06, min_timed_s=0.05), 0)
-    assert tiny.time_cap_s == 0.05 and tiny.min_timed_s <= tiny.time_cap_s
+    assert tiny.time_cap_s == 0.05

@@ -159,7 +159,7 @@ def test_windowed_settings_validation() -> None:
     with pytest.raises(ProtocolError, match="windows"):
         ProtocolSettings(windows=0)
     with pytest.raises(ProtocolError, match="min_timed_s"):
-        ProtocolSettings(min_timed_s=5.0, time_cap_s=1.0)
+        ProtocolSettings(min_timed_s=-1.0)
     with pytest.raises(ProtocolError, match="rounds"):
         ProtocolSettings(rounds=0)
     with pytest.raises(ProtocolError, match="not a number"):
