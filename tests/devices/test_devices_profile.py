@@ -209,3 +209,33 @@ def test_visit_settings_share_the_time_cap() -> None:
     assert visit_settings(s.replace(rounds=1), 3) == s.replace(rounds=1)
     tiny = visit_settings(ProtocolSettings(rounds=3, time_cap_s=0.06, min_timed_s=0.05), 0)
     assert tiny.time_cap_s == 0.05
+
+
+def test_profile_archs_anchored_calibrates_once_per_store(tmp_path: Path) -> None:
+    models = _models(tmp_path, 4)
+    anchor_model = build_convnet(tmp_path / "anchor.onnx", channels=8, size=12, seed=99)
+    paths = {**models, "anchor": anchor_model}
+    s = FAST.replace(time_cap_s=0.3)
+
+    def build(arch: dict):
+        return paths[arch["id"]], None
+
+    archs = [(a, {"id": a}) for a in models]
+    with Store(tmp_path / "a.sqlite") as st:
+        profile_archs(st, "ort-cpu-1t", archs[:2], build, "toy", settings=s, anchor=("anchor", {"id": "anchor"}))
+        keys = [k for k, _ in st._exec("SELECT key, value FROM meta WHERE key LIKE 'anchor_ms|%'")]
+        assert len(keys) == 1 and keys[0].endswith("|anchor")
+        cal = float(st.get_meta(keys[0]))
+        profile_archs(st, "ort-cpu-1t", archs, build, "toy", settings=s, anchor=("anchor", {"id": "anchor"}))
+        assert float(st.get_meta(keys[0])) == cal  # the second job reuses the calibration
+        rows = st.measurements()
+        full = [st.measurement(r["fp_hash"], r["runtime_config"], r["arch_id"], 1, "fp32") for r in rows]
+    assert len(full) == 4 and anchor_model.exists()
+    for m in full:
+        assert m is not None and m.anchor_ms == cal and m.anchor_ratio is not None
+        assert m.median_ms == pytest.approx(m.anchor_ratio * cal)
+    with Store(tmp_path / "b.sqlite") as st:  # anchored=0: plain windowed timing, no calibration
+        profile_archs(st, "ort-cpu-1t", archs[:1], build, "toy", settings=s.replace(anchored=0),
+                      anchor=("anchor", {"id": "anchor"}))
+        m = st.measurement(st.measurements()[0]["fp_hash"], st.measurements()[0]["runtime_config"], "a00", 1, "fp32")
+        assert m is not None and m.anchor_ratio is None and st.get_meta(keys[0]) is None
