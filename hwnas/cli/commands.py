@@ -250,7 +250,7 @@ def run_cmd(
         typer.echo(f"measured      {b['measured_latency_ms']:.3f} ms median (predicted {b['predicted_latency_ms']:.3f})")
         typer.echo(f"val top-1     {100 * b['val_top1']:.2f}% (predicted {100 * b['predicted_top1']:.2f}%)")
         typer.echo(f"INT8 ONNX     {i8['int8_ms']:.3f} ms vs FP32 {i8['fp32_ms']:.3f} ms (x{i8['int8_over_fp32']:.2f}, "
-                   f"side by side); val top-1 {100 * i8['top1_int8']:.2f}% vs {100 * i8['top1_fp32']:.2f}%, "
+                   f"timed paired, side by side); val top-1 {100 * i8['top1_int8']:.2f}% vs {100 * i8['top1_fp32']:.2f}%, "
                    f"agreement {100 * i8['agreement']:.2f}%")
         typer.echo(f"latency model {s['latency_predictor']['within_10'] * 100:.0f}% of held-out subnets within +-10%, "
                    f"Kendall tau {s['latency_predictor']['kendall_tau']:.2f}")

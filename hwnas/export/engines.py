@@ -262,9 +262,14 @@ def measure_side_by_side(models: Mapping[str, tuple[Path, Any]], time_cap_s: flo
     ``models`` maps a label to ``(onnx_path, DeviceSpec)``.  All backends are loaded first; then in
     each of ``rounds`` rounds every model is measured with the devices protocol (time cap split over
     the rounds), the order alternating between rounds.  Each model's latency is the median of its
-    round medians; ``rounds_ms`` keeps the per-round medians.
+    round medians; ``rounds_ms`` keeps the per-round medians.  When every backend runs in this process
+    the models after the first are timed paired with the first (anchored timing, the first model as
+    the anchor): their ``over_first`` is the median per-inference ratio to the first model, which
+    slowdowns from other tenants of the machine do not move, and their ``median_ms`` is that ratio times
+    the first model's latency.
     """
     from hwnas.devices.backends import create_backend, runtime_config
+    from hwnas.devices.backends.base import LocalBackend
     from hwnas.devices.protocol import ProtocolSettings
     from hwnas.export.api import latency_entry
 
@@ -276,23 +281,37 @@ def measure_side_by_side(models: Mapping[str, tuple[Path, Any]], time_cap_s: flo
         for k in labels:
             path, spec = models[k]
             backends[k] = stack.enter_context(create_backend(spec, model=path))
+        first = labels[0]
+        paired = len(labels) > 1 and all(isinstance(b, LocalBackend) for b in backends.values())
         for r in range(rounds):
             for k in (labels if r % 2 == 0 else labels[::-1]):
                 spec = models[k][1]
                 s = settings or ProtocolSettings.from_mapping(spec.protocol)
                 cap = time_cap_s if time_cap_s is not None else s.time_cap_s
                 s = s.replace(time_cap_s=max(cap / rounds, 0.05), warmup_s=min(s.warmup_s, cap / rounds))
-                per[k].append(backends[k].measure(s))
+                if paired and k != first:
+                    # anchor_ms=1: the reported figure is the bare ratio, scaled below
+                    per[k].append(backends[k].measure(s, anchor=backends[first], anchor_ms=1.0))
+                else:
+                    per[k].append(backends[k].measure(s))
         for k in labels:
             b = backends[k]
             fps[k] = getattr(b, "last_fingerprint", None) or b.fingerprint()
     out: dict[str, Any] = {}
+    first_ms = statistics.median(m.median_ms for m in per[labels[0]])
     for k in labels:
         ms = per[k]
         best = sorted(ms, key=lambda m: m.median_ms)[len(ms) // 2]  # the median round, for p90/CI
         entry = latency_entry(best.to_dict(), models[k][1], fps[k].to_dict(), runtime_config(models[k][1]))
-        entry["median_ms"] = statistics.median(m.median_ms for m in ms)
-        entry["rounds_ms"] = [round(m.median_ms, 5) for m in ms]
+        if ms[0].anchor_ratio is not None:
+            ratio = statistics.median(m.anchor_ratio for m in ms)
+            entry["over_first"] = ratio
+            entry["median_ms"] = ratio * first_ms
+            entry["rounds_ratio"] = [round(m.anchor_ratio, 5) for m in ms]
+            entry["ci95_ms"] = [v * first_ms for v in entry["ci95_ms"]]  # the ratio's CI, in ms
+        else:
+            entry["median_ms"] = statistics.median(m.median_ms for m in ms)
+            entry["rounds_ms"] = [round(m.median_ms, 5) for m in ms]
         entry["n"] = sum(m.n for m in ms)
         entry["converged"] = all(m.converged for m in ms)
         out[k] = entry
@@ -397,7 +416,9 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
             latency = {"device": spec32.name, "fp32": lat["fp32"], "int8": lat["int8"],
                        "int8_over_fp32": lat["int8"]["median_ms"] / lat["fp32"]["median_ms"],
                        "speedup": lat["fp32"]["median_ms"] / lat["int8"]["median_ms"],
-                       "method": "both models loaded, measured in interleaved rounds (median of round medians)"}
+                       "method": ("both models loaded, measured in interleaved rounds; INT8 timed paired with FP32 "
+                                  "(median per-inference ratio)" if "over_first" in lat["int8"] else
+                                  "both models loaded, measured in interleaved rounds (median of round medians)")}
         accuracy = {"split": source, "top1_pytorch": top1(ref, labels), "top1_fp32": top1(l32, labels),
                     "top1_int8": top1(l8, labels), "agreement_int8_vs_fp32": agreement,
                     "min_agreement": min_agreement if gated else None}

@@ -127,7 +127,8 @@ def test_int8_agrees_with_fp32_and_manifest_is_complete(int8_export, arch):
     assert lat["device"] == "ort-cpu-1t"
     assert lat["fp32"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0
     assert lat["fp32"]["precision"] == "fp32" and lat["int8"]["precision"] == "int8"
-    assert len(lat["int8"]["rounds_ms"]) == 3
+    assert len(lat["fp32"]["rounds_ms"]) == 3 and len(lat["int8"]["rounds_ratio"]) == 3  # INT8 timed paired with FP32
+    assert lat["int8"]["over_first"] == pytest.approx(lat["int8_over_fp32"]) and "paired" in lat["method"]
     assert lat["int8_over_fp32"] == pytest.approx(lat["int8"]["median_ms"] / lat["fp32"]["median_ms"])
     assert fp32["latency"]["median_ms"] == lat["fp32"]["median_ms"]
     assert on_disk["fp32_model"].endswith("model.fp32.onnx") and fp32["int8_model"].endswith("model.int8.onnx")
