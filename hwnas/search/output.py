@@ -139,19 +139,22 @@ def format_table(result: SearchResult, max_rows: int = 12) -> str:
         f"chosen  {b.arch_id}: measured {b.measured_latency_ms:.4g} ms (predicted {b.predicted_latency_ms:.4g} ms), "
         f"accuracy {b.accuracy * scale:.2f}{acc_unit} ({result.accuracy_source})",
         "",
-        f"{'arch_id':<42} {'round':>5} {'pred ms':>9} {'meas ms':>9} {'acc' + acc_unit:>7}  ok",
+        f"{'arch_id':<42} {'round':>5} {'pred ms':>9} {'meas ms':>9} {'acc' + acc_unit:>7}    ok",
     ]
     ms = sorted(result.measured, key=lambda p: (-p.accuracy, p.measured_latency_ms))
     ok = [p for p in ms if p.measured_latency_ms <= result.budget_ms]
     shown = (ok[:max_rows] + [p for p in ms if p.measured_latency_ms > result.budget_ms])[:max_rows]
     for p in shown:
         mark = "*" if p.arch_id == b.arch_id else ("y" if p.measured_latency_ms <= result.budget_ms else "n")
+        src = "e" if p.evaluated_accuracy is not None else "p"
         lines.append(
             f"{p.arch_id:<42} {p.round:>5} {p.predicted_latency_ms:>9.4g} {p.measured_latency_ms:>9.4g} "
-            f"{p.accuracy * scale:>7.2f}  {mark}"
+            f"{p.accuracy * scale:>7.2f} {src}  {mark}"
         )
     if len(ms) > len(shown):
         lines.append(f"... {len(ms) - len(shown)} more measured archs in measured.csv")
+    lines.append("acc: e = evaluated, p = predicted (the most promising within-budget archs are evaluated); "
+                 "ok: * chosen, y within budget, n over")
     lines.append("")
     lines.append(f"{'round':>5} {'evals':>7} {'evals/s':>9} {'front':>6} {'measured':>8} {'lat MAPE%':>9}  best")
     for r in result.rounds:
