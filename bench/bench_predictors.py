@@ -16,8 +16,12 @@
 4. With ``--accuracy``: the accuracy predictors (mlp, xgb) on the store's supernet evaluations:
    Kendall tau and RMSE on a held-out set.
 
-Needs a store with a few hundred measured subnets of one device (``hwnas profile``); latencies measured
-on a busy machine are noisy, and so are these figures.
+Needs a store with a few hundred measured subnets of one device (``hwnas profile``, anchored timing).
+The shipped ``predictors/mbv3_fmnist/reference_store.sqlite`` has 500 ``ort-cpu-1t`` subnets and the
+LUT, 150 at batch 8 (``ort-cpu-1t-b8``), 150 on 2 threads (``ort-cpu``) and 552 val accuracies:
+
+    python bench/bench_predictors.py --store predictors/mbv3_fmnist/reference_store.sqlite \
+        --device ort-cpu-1t --device-b ort-cpu-1t-b8 --accuracy
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from hwnas.devices import ProtocolSettings, Store
-    from hwnas.devices.profile import supernet_model_builder
+    from hwnas.devices.profile import default_anchor, supernet_model_builder
     from hwnas.search import (
         device_measure, encode_archs, evolution_search, evolution_sweep, hypervolume, nsga2_front, parse_latency,
         random_search, reference_point, search_front, sweep_budgets,
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     out: dict = {"settings": vars(args)}
     with Store(store_path) as store:
         build = supernet_model_builder(net, "torch" if args.device.startswith("torch") else "ort", Path(tmp.name) / "onnx")
-        measure = device_measure(store, args.device, build, args.supernet, space, settings=settings)
+        measure = device_measure(store, args.device, build, args.supernet, space, settings=settings,
+                                 anchor=default_anchor(space))  # the scale of the store's anchored rows
         X, y = latency_training_data(args, net, space, store, measure)
         if args.predictors == "real":
             from hwnas.pipeline import shipped_accuracy_predictor
