@@ -140,6 +140,9 @@ def profile_cmd(
                 if r.get("overhead") else "")
         typer.echo(f"{r['device']}: {r['measured']} measured, {r['skipped']} already in store, "
                    f"{len(r['failed'])} failed in {r['wall_s']:.0f} s{rate}; store {r['store']}")
+        if r.get("anchor"):
+            a = r["anchor"]
+            typer.echo(f"anchored timing: reference subnet {a['arch_id']}, calibrated at {a['anchor_ms']:.4g} ms")
 
     emit(res, json_, human)
 

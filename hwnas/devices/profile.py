@@ -64,6 +64,7 @@ def visit_settings(s: ProtocolSettings, r: int) -> ProtocolSettings:
 
 
 ANCHOR_META = "anchor_ms"
+CALIBRATION_S = 2.0  # seconds the anchor is timed alone to calibrate it
 
 
 def _anchor_key(fp_hash: str, rc: str, spec: DeviceSpec, anchor_id: str) -> str:
@@ -85,9 +86,6 @@ def anchor_latency(store: Store, fp_hash: str, rc: str, spec: DeviceSpec, anchor
     m = runner.measure(cal)
     store.set_meta(key, repr(float(m.median_ms)))
     return float(m.median_ms)
-
-
-CALIBRATION_S = 2.0
 
 
 def default_anchor(space: Any) -> tuple[str, Arch]:
@@ -275,6 +273,7 @@ def profile_archs(
         "overhead": wall / timed_s if timed_s > 0 else None,
         "subnets_per_min": measured / wall * 60 if wall > 0 and measured else 0.0,
         "settings": s.to_dict(),
+        "anchor": {"arch_id": anchor[0], "anchor_ms": anchor_ms} if anchor is not None and anchor_ms else None,
     }
 
 
