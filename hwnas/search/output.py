@@ -103,9 +103,14 @@ def plot_front(result: SearchResult, path: str | Path) -> Path:
     ms = result.measured
     ok = [p for p in ms if p.measured_latency_ms <= result.budget_ms]
     bad = [p for p in ms if p.measured_latency_ms > result.budget_ms]
-    if ok:
-        ax.scatter([p.measured_latency_ms for p in ok], [p.accuracy * scale for p in ok], marker="o", s=36,
-                   facecolors="none", edgecolors="tab:green", label="measured latency, within budget")
+    ok_eval = [p for p in ok if p.evaluated_accuracy is not None]
+    ok_pred = [p for p in ok if p.evaluated_accuracy is None]
+    if ok_eval:
+        ax.scatter([p.measured_latency_ms for p in ok_eval], [p.accuracy * scale for p in ok_eval], marker="o",
+                   s=36, color="tab:green", label="measured latency, evaluated accuracy")
+    if ok_pred:
+        ax.scatter([p.measured_latency_ms for p in ok_pred], [p.accuracy * scale for p in ok_pred], marker="o",
+                   s=36, facecolors="none", edgecolors="tab:green", label="measured latency, predicted accuracy")
     if bad:
         ax.scatter([p.measured_latency_ms for p in bad], [p.accuracy * scale for p in bad], marker="x", s=36,
                    color="tab:red", label="measured, over budget")
@@ -117,8 +122,7 @@ def plot_front(result: SearchResult, path: str | Path) -> Path:
     ax.scatter([b.measured_latency_ms], [b.accuracy * scale], marker="*", s=220, color="gold", edgecolors="black",
                zorder=5, label=f"chosen {b.arch_id}")
     ax.set_xlabel(f"latency on {result.device or 'device'} (ms)")
-    ax.set_ylabel(f"top-1 accuracy{unit}: front predicted, measured points evaluated"
-                  if result.accuracy_source == "evaluated" else f"top-1 accuracy, predicted{unit}")
+    ax.set_ylabel(f"top-1 accuracy{unit}")
     ax.set_title(f"{result.supernet}: Pareto front for a {result.budget_ms:.4g} ms budget", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
