@@ -48,10 +48,10 @@ class ProtocolSettings:
     rel_ci: float = 0.01
     confidence: float = 0.95
     seed: int = 0
-    # Windowed timing (the classic CI stopping rule instead when windows == 1 and min_timed_s == 0): the timed phase is cut into windows
-    # of ``min_runs`` runs spread over at least ``min_timed_s`` seconds, and the reported latency is the
-    # ``window_quantile`` quantile of the window medians, so bursts of interference lasting tens to
-    # hundreds of milliseconds (other tenants of a shared or virtual machine) do not move it.
+    # Windowed timing: the timed phase is cut into windows of ``min_runs`` runs spread over at least
+    # ``min_timed_s`` seconds, and (without an anchor) the reported latency is the ``window_quantile``
+    # quantile of the window medians, so short bursts of interference do not move it.  windows == 1
+    # and min_timed_s == 0 give the classic rule: runs until the median's CI is within ``rel_ci``.
     windows: int = 3
     min_timed_s: float = 0.1
     window_quantile: float = 0.25
@@ -83,7 +83,8 @@ class ProtocolSettings:
                 raise ProtocolError(
                     f"protocol setting {name} = {getattr(self, name)!r} is invalid "
                     "(need warmup_runs>=0, warmup_s>=0, min_runs>=3, max_runs>=min_runs, time_cap_s>0, "
-                    "rel_ci>=0, 0<confidence<1, windows>=1, min_timed_s>=0, 0<=window_quantile<=1, rounds>=1, anchored 0 or 1)"
+                    "rel_ci>=0, 0<confidence<1, windows>=1, min_timed_s>=0, 0<=window_quantile<=1, rounds>=1, "
+                    "anchored 0 or 1)"
                 )
 
     @classmethod
