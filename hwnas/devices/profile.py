@@ -190,6 +190,15 @@ def profile_archs(
             raise
         except HwnasError as exc:
             raise ProfileError(f"the anchor arch {aid} cannot be built or loaded: {exc}") from None
+        if store.get_meta(_anchor_key(fp.fp_hash, rc, spec, aid)) is None:
+            old = [r for r in store.measurements(fp_hash=fp.fp_hash, supernet=supernet_name)
+                   if r["runtime_config"] == rc and r["batch"] == spec.batch and r["precision"] == spec.precision]
+            if old:
+                raise ProfileError(
+                    f"store {store.path} already holds {len(old)} {supernet_name} rows for device {spec.name!r} "
+                    "measured without anchored timing (an older hwnas, or anchored = 0); mixing the two would put "
+                    "them on different scales: profile into a new store, or set anchored = 0 in the spec's "
+                    "[protocol] table to go on without the anchor")
         anchor_ms = anchor_latency(store, fp.fp_hash, rc, spec, aid, anchor_runner, s)
 
     def run_chunk(group: list[tuple[int, str, Arch]]) -> None:

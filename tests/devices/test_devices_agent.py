@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import TOKEN, free_port, start_agent, stop
+from devices_agent_support import TOKEN, free_port, start_agent, stop
 from hwnas.devices import create_backend, load_device, profile_onnx_file
 from hwnas.devices.agent import make_server, measure_query
 from hwnas.devices.protocol import ProtocolSettings

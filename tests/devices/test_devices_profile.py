@@ -15,7 +15,7 @@ import pytest
 from devices_onnx_models import build_convnet
 from hwnas.devices import ProtocolSettings, Store, load_device, profile_archs, profile_onnx_file, stratified_sample
 from hwnas.devices.backends import ModelKindError
-from hwnas.devices.profile import visit_settings
+from hwnas.devices.profile import ProfileError, visit_settings
 from hwnas.errors import ModelFileError
 from hwnas.supernet.arch import ArchSpace
 
@@ -239,3 +239,18 @@ def test_profile_archs_anchored_calibrates_once_per_store(tmp_path: Path) -> Non
                       anchor=("anchor", {"id": "anchor"}))
         m = st.measurement(st.measurements()[0]["fp_hash"], st.measurements()[0]["runtime_config"], "a00", 1, "fp32")
         assert m is not None and m.anchor_ratio is None and st.get_meta(keys[0]) is None
+
+
+def test_anchored_profile_refuses_a_store_of_unanchored_rows(tmp_path: Path) -> None:
+    models = _models(tmp_path, 2)
+    anchor_model = build_convnet(tmp_path / "anchor.onnx", channels=8, size=12, seed=99)
+    paths = {**models, "anchor": anchor_model}
+    s = FAST.replace(time_cap_s=0.2)
+    archs = [(a, {"id": a}) for a in models]
+    with Store(tmp_path / "old.sqlite") as st:
+        profile_archs(st, "ort-cpu-1t", archs[:1], lambda a: (paths[a["id"]], None), "toy", settings=s.replace(anchored=0),
+                      anchor=("anchor", {"id": "anchor"}))
+        with pytest.raises(ProfileError, match="without anchored timing.*new store"):
+            profile_archs(st, "ort-cpu-1t", archs, lambda a: (paths[a["id"]], None), "toy", settings=s,
+                          anchor=("anchor", {"id": "anchor"}))
+        assert [r["arch_id"] for r in st.measurements()] == ["a00"]  # nothing written

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from devices_agent_support import free_port
 from hwnas.devices import list_devices, load_device
 from hwnas.devices.backends import runtime_config
 from hwnas.devices.spec import REPO_DEVICES_DIR, DeviceSpec, DeviceSpecError

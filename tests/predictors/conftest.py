@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwnas.devices import ProtocolSettings, Store, load_device, profile_archs
-from hwnas.devices.spec import DeviceSpec
+from hwnas.devices import Store, load_device, profile_archs
 from hwnas.supernet.ofa_mbv3 import MBv3Config, OFAMobileNetV3
+from predictors_support import FAST, NOOPT_DEVICE, STAT
 
 N_ARCHS = 36
-# short but stable: tiny models run thousands of times in 60 ms
-FAST = ProtocolSettings(warmup_runs=5, warmup_s=0.0, min_runs=15, time_cap_s=0.06, rel_ci=0.02)
 
 TINY = MBv3Config(
     name="pred_tiny",
@@ -44,10 +42,6 @@ TINY = MBv3Config(
     std=(0.5,),
     dataset="none",
 )
-
-NOOPT_DEVICE = DeviceSpec(name="ort-cpu-1t-noopt", backend="ort",
-                          options={"intra_op_threads": 1, "graph_optimization_level": "disable"})
-STAT = "min_ms"
 
 
 def sample_archs(space, n: int, seed: int = 0) -> list[tuple[str, dict]]:

@@ -10,7 +10,7 @@ from hwnas.errors import PredictorError
 from hwnas.predictors import eval_job, fit_job, load_predictor, predict_job
 from hwnas.supernet.cost import arch_cost_vectors
 
-from conftest import NOOPT_DEVICE, STAT
+from predictors_support import NOOPT_DEVICE, STAT
 
 
 def test_fit_and_eval_latency(measured, tmp_path):

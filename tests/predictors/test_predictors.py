@@ -161,7 +161,7 @@ def test_lut_build_is_resumable(measured):
     from hwnas.devices import Store, load_device
     from hwnas.predictors.lut import build_latency_table
 
-    from conftest import FAST
+    from predictors_support import FAST
 
     with Store(measured.store_path) as store:
         table, summary = build_latency_table(measured.config, load_device("ort-cpu-1t"), store, settings=FAST)

@@ -12,8 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from search_fixtures import MacsAccuracyProxy, RidgeLatency, make_refit  # noqa: E402
+from search_settings import FAST  # noqa: E402
 
-from hwnas.devices import ProtocolSettings, Store  # noqa: E402
+from hwnas.devices import Store  # noqa: E402
 from hwnas.devices.profile import supernet_model_builder  # noqa: E402
 from hwnas.search import device_measure, encode_archs  # noqa: E402
 from hwnas.supernet.registry import create_supernet, get_config  # noqa: E402
@@ -21,7 +22,6 @@ from hwnas.supernet.registry import create_supernet, get_config  # noqa: E402
 SUPERNET = "mbv3_fmnist"
 DEVICE = "ort-cpu-1t"
 # short protocol: these subnets run in 0.05-0.7 ms, so 0.1 s of timed runs is hundreds of runs
-FAST = ProtocolSettings(warmup_runs=3, warmup_s=0.02, min_runs=10, time_cap_s=0.1)
 N_TRAIN = 10  # real measurements behind the latency fixture (each costs ~1 s: mostly ONNX export)
 
 

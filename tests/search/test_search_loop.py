@@ -149,7 +149,7 @@ def test_select_candidates_brackets_the_budget(space) -> None:
 def test_device_measure_reports_failed_archs_as_nan(space, store, latency_data) -> None:
     from hwnas.errors import ExportError
     from hwnas.search import device_measure
-    from conftest import FAST
+    from search_settings import FAST
 
     def build(arch):
         raise ExportError("cannot export this one")
