@@ -14,6 +14,7 @@ Subclasses implement ``_fit(V, y)`` / ``_predict(V)`` on gene matrices, and ``_g
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import numpy as np
@@ -67,7 +68,7 @@ def create_predictor(name: str, **params: Any) -> "Predictor":
     return get_predictor_class(name)(**params)
 
 
-class Predictor:
+class Predictor(ABC):
     """Base class: see the module docstring."""
 
     kind: ClassVar[str] = ""
@@ -160,19 +161,22 @@ class Predictor:
         if not self.is_fitted():
             raise PredictorError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
 
-    def _fit(self, V: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
+        """Fit on gene vectors ``V`` and targets ``y`` (already validated)."""
 
-    def _predict(self, V: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _predict(self, V: np.ndarray) -> np.ndarray:
+        """Predictions for gene vectors ``V``."""
 
     # ------------------------------------------------------------------ artifact state
+    @abstractmethod
     def _get_state(self) -> dict[str, Any]:
         """Learned state (JSON values and numpy arrays) beyond ``n_train_``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _set_state(self, state: Mapping[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore what ``_get_state`` returned."""
 
 
 # ---------------------------------------------------------------------------------- helpers
