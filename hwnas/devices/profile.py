@@ -176,16 +176,22 @@ def profile_archs(
     anchor_ms: float | None = None
     outer = ExitStack()
 
+    def open_backend(stack: ExitStack, arch: Arch) -> Any:
+        """Build ``arch``'s model and load it on the device, both released when ``stack`` closes."""
+        model, shape = build_model(arch)
+        if delete_models and isinstance(model, (str, Path)):
+            stack.callback(Path(model).unlink, missing_ok=True)
+        return stack.enter_context(create_backend(spec, model=model, input_shape=shape))
+
+    use_anchor = anchor is not None and bool(s.anchored) and issubclass(get_backend_class(spec.backend), LocalBackend)
+
     def start_anchor() -> None:
+        """Load the anchor and read (or make) its calibration; done once, before the first chunk."""
         nonlocal anchor_runner, anchor_ms
-        if anchor is None or not s.anchored or not issubclass(get_backend_class(spec.backend), LocalBackend):
-            return
+        assert anchor is not None
         aid, aarch = anchor
         try:
-            model, shape = build_model(aarch)
-            if delete_models and isinstance(model, (str, Path)):
-                outer.callback(Path(model).unlink, missing_ok=True)
-            anchor_runner = outer.enter_context(create_backend(spec, model=model, input_shape=shape))
+            anchor_runner = open_backend(outer, aarch)
         except (DeviceUnavailableError, StoreError):
             raise
         except HwnasError as exc:
@@ -203,17 +209,13 @@ def profile_archs(
 
     def run_chunk(group: list[tuple[int, str, Arch]]) -> None:
         nonlocal measured, timed_s
-        if anchor is not None and anchor_runner is None and anchor_ms is None:
+        if use_anchor and anchor_runner is None:
             start_anchor()
         with ExitStack() as stack:
             live: list[tuple[int, str, Arch, Any]] = []
             for i, arch_id, arch in group:
-                model: Any = None
                 try:
-                    model, shape = build_model(arch)
-                    if delete_models and isinstance(model, (str, Path)):
-                        stack.callback(Path(model).unlink, missing_ok=True)
-                    backend = stack.enter_context(create_backend(spec, model=model, input_shape=shape))
+                    backend = open_backend(stack, arch)
                 except (DeviceUnavailableError, StoreError):
                     raise
                 except HwnasError as exc:  # this arch's model cannot be built or loaded: note it, go on
