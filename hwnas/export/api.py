@@ -191,6 +191,24 @@ def build_fp32_onnx(sub: torch.nn.Module, dst: Path, shape: tuple, batch: int, d
         raw.unlink(missing_ok=True)
 
 
+def export_verified_fp32(sub: torch.nn.Module, dst: Path, shape: tuple, batch: int, dynamic_batch: bool,
+                        optimize: bool, x: torch.Tensor, source: str, tolerance: float, what: str,
+                        say: Callable[[str], None]) -> tuple[dict | None, np.ndarray, np.ndarray, OutputCheck]:
+    """``build_fp32_onnx`` then the check against PyTorch on ``x`` (described as ``source``);
+    ``ExportError`` naming ``what`` (e.g. "exported model") when they disagree beyond ``tolerance``.
+    Returns the optimizer info, the PyTorch and the ONNX logits and the check."""
+    say(f"exporting the {what} to ONNX")
+    opt_info = build_fp32_onnx(sub, dst, shape, batch, dynamic_batch, optimize)
+    say(f"checking the {what} against PyTorch on {source}")
+    ref = torch_logits(sub, x)
+    got = onnx_logits(dst, x)
+    check = compare_logits(ref, got, tolerance)
+    if not check.passed:
+        raise ExportError(f"{what} disagrees with PyTorch: max abs error {check.max_abs_err:.2e} "
+                          f"> tolerance {tolerance:.0e}; nothing was written")
+    return opt_info, ref, got, check
+
+
 def resolve_device(device, batch: int, precision: str | None = None):
     """The device spec ``device`` (name, path or ``DeviceSpec``) at ``batch`` (and ``precision``), checked
     to be runnable here: ``DeviceUnavailableError`` up front, before any work is done."""
@@ -285,15 +303,8 @@ def export_subnet(arch: Mapping[str, Any], out: str | Path, supernet: str, weigh
     x, labels, source = val_data(net, a["r"])
     manifest_path = out.with_name(out.name + ".json")
     with atomic_outputs(out, manifest_path) as (tmp_model, tmp_manifest):
-        say("exporting to ONNX")
-        opt_info = build_fp32_onnx(sub, tmp_model, shape, batch, dynamic_batch, optimize)
-        say(f"checking against PyTorch on {source}")
-        ref = torch_logits(sub, x)
-        got = onnx_logits(tmp_model, x)
-        check = compare_logits(ref, got, tolerance)
-        if not check.passed:
-            raise ExportError(f"exported model disagrees with PyTorch: max abs error {check.max_abs_err:.2e} "
-                              f"> tolerance {tolerance:.0e}; nothing was written")
+        opt_info, ref, got, check = export_verified_fp32(sub, tmp_model, shape, batch, dynamic_batch, optimize, x,
+                                                         source, tolerance, "exported model", say)
         latency = None
         if spec is not None:
             say(f"measuring latency on {spec.name}")

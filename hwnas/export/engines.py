@@ -342,8 +342,8 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
     calibration images (default all 2,000).  ``device`` (default ``ort-cpu-1t``) times both models,
     unless ``measure=False``.  Returns the INT8 manifest; its ``fp32`` entry holds the FP32 model's.
     """
-    from hwnas.export.api import (build_fp32_onnx, build_manifest, compare_logits, load_calibration, onnx_logits,
-                                  prepare, resolve_device, top1, torch_logits, val_data, write_json)
+    from hwnas.export.api import (build_manifest, compare_logits, export_verified_fp32, load_calibration,
+                                  onnx_logits, prepare, resolve_device, top1, val_data, write_json)
     from hwnas.export.onnx_export import atomic_outputs
 
     _check_options("--format onnx-int8", options)
@@ -376,15 +376,8 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
     x, labels, source = val_data(net, a["r"])
     m32_path, m8_path = manifest_path(fp32_path), manifest_path(out)
     with atomic_outputs(fp32_path, out, m32_path, m8_path) as (t32, t8, tm32, tm8):
-        say("exporting the FP32 model to ONNX")
-        opt_info = build_fp32_onnx(sub, t32, shape, batch, dynamic_batch, optimize)
-        say(f"checking the FP32 model against PyTorch on {source}")
-        ref = torch_logits(sub, x)
-        l32 = onnx_logits(t32, x)
-        chk32 = compare_logits(ref, l32, tolerance)
-        if not chk32.passed:
-            raise ExportError(f"FP32 ONNX model disagrees with PyTorch: max abs error {chk32.max_abs_err:.2e} > "
-                              f"tolerance {tolerance:.0e}; nothing was written")
+        opt_info, ref, l32, chk32 = export_verified_fp32(sub, t32, shape, batch, dynamic_batch, optimize, x,
+                                                         source, tolerance, "FP32 ONNX model", say)
         attempts = [tuple(exclude)] if exclude is not None else [(), *FALLBACK_EXCLUDES]
         # untrained weights have near-tied logits: their agreement says nothing about quantization quality
         gated = net.weights_hash != "init"
