@@ -18,6 +18,7 @@ from hwnas.export.engines import (compare_fp32_int8, default_fp32_path, is_qdq_m
                                   tensorrt_unavailable_reason, trtexec_command)
 from hwnas.export.onnx_export import load_session
 from hwnas.supernet.registry import create_supernet
+from export_support import randomize
 
 SUPERNET = "mbv3_fmnist"
 # Random weights have near-tied logits (median top-2 margin ~0.2 vs ~2.7 for trained weights), so INT8 agrees
@@ -26,20 +27,10 @@ MIN_AGREEMENT = 0.75
 FAST = dict(calib_images=256, time_cap_s=0.5, min_agreement=MIN_AGREEMENT)  # a few seconds per INT8 export
 
 
-def _randomize(net, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.state_dict().items():
-            if p.dtype.is_floating_point:
-                n = torch.randn(p.shape, generator=g) * 0.1
-                p.copy_(1.0 + n.abs()) if name.endswith("running_var") else p.add_(n)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Random-init weights saved to a file, so ``prepare`` recalibrates BN on the calibration images."""
-    net = _randomize(create_supernet(SUPERNET, pretrained=False))
+    net = randomize(create_supernet(SUPERNET, pretrained=False))
     p = tmp_path_factory.mktemp("w") / "rand.pt"
     torch.save(net.state_dict(), p)
     return str(p)

@@ -6,21 +6,12 @@ import torch
 from hwnas.errors import ModelFileError
 from hwnas.export.onnx_export import check_onnx, export_onnx, load_session
 from hwnas.supernet.registry import create_supernet
-
-
-def _randomize(net, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.state_dict().items():
-            if p.dtype.is_floating_point:
-                n = torch.randn(p.shape, generator=g) * 0.1
-                p.copy_(1.0 + n.abs()) if name.endswith("running_var") else p.add_(n)
-    return net.eval()
+from export_support import randomize
 
 
 @pytest.fixture(scope="module")
 def fmnist():
-    return _randomize(create_supernet("mbv3_fmnist", pretrained=False))
+    return randomize(create_supernet("mbv3_fmnist", pretrained=False))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -48,7 +39,7 @@ def test_dynamic_batch_export(tmp_path, fmnist):
 
 
 def test_imagenet_family_subnet_onnx_matches_pytorch(tmp_path):
-    net = _randomize(create_supernet("ofa_mbv3_w1.2", pretrained=False), 3)
+    net = randomize(create_supernet("ofa_mbv3_w1.2", pretrained=False), 3)
     arch = net.space.sample(5)
     arch["r"] = 160
     sub = net.extract(arch).eval()
