@@ -17,17 +17,16 @@
    Kendall tau and RMSE on a held-out set.
 
 Needs a store with a few hundred measured subnets of one device (``hwnas profile``, anchored timing).
-The shipped ``predictors/mbv3_fmnist/reference_store.sqlite`` has 500 ``ort-cpu-1t`` subnets and the
+The shipped ``hwnas/resources/predictors/mbv3_fmnist/reference_store.sqlite`` has 500 ``ort-cpu-1t`` subnets and the
 LUT, 150 at batch 8 (``ort-cpu-1t-b8``), 150 on 2 threads (``ort-cpu``) and 552 val accuracies:
 
-    python bench/bench_predictors.py --store predictors/mbv3_fmnist/reference_store.sqlite \
+    python bench/bench_predictors.py --store hwnas/resources/predictors/mbv3_fmnist/reference_store.sqlite \
         --device ort-cpu-1t --device-b ort-cpu-1t-b8 --accuracy
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.errors import HwnasError
+from hwnas.io import atomic_write_json
 from hwnas.predictors import create_predictor, list_predictors
 from hwnas.predictors.features import resolve_config
 from hwnas.predictors.jobs import latency_table_for, load_accuracy_data, load_latency_data
@@ -232,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=1, default=float)
+        atomic_write_json(args.json, figures, indent=1, default=float)
     return 0
 
 

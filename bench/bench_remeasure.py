@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.devices import Store, load_device, profile_archs
-from hwnas.devices.profile import ANCHOR_META, default_anchor, supernet_model_builder
+from hwnas.devices.profile import ANCHOR_META
+from hwnas.jobs import anchor_of, supernet_model_builder
 from hwnas.supernet.registry import create_supernet
 
 
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     spec = load_device(args.device)
-    with Store(args.store) as st:
+    with Store(args.store, readonly=True) as st:
         rows = [r for r in st.measurements(supernet=args.supernet, device=spec.name) if r["arch"]]
         # the anchor calibration of the stored rows, so both sets are on the same scale
         anchors = {k: v for k, v in st._exec("SELECT key, value FROM meta WHERE key LIKE ?", (ANCHOR_META + "|%",))}
@@ -41,7 +42,7 @@ def main() -> None:
                 st2.set_meta(k, v)
             profile_archs(st2, spec, [(r["arch_id"], r["arch"]) for r in rows],
                           supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), args.supernet,
-                          delete_models=True, anchor=default_anchor(net.space))
+                          delete_models=True, anchor=anchor_of(net.family))
             new = {r["arch_id"]: r["median_ms"] for r in st2.measurements()}
     ratio = np.array([new[r["arch_id"]] / r["median_ms"] for r in rows])
     dev = np.abs(ratio - 1)

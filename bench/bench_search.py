@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from hwnas.devices import ProtocolSettings, Store
-    from hwnas.devices.profile import default_anchor, supernet_model_builder
+    from hwnas.jobs import anchor_of, supernet_model_builder
     from hwnas.search import (
         device_measure, encode_archs, evolution_search, evolution_sweep, hypervolume, nsga2_front, parse_latency,
         random_search, reference_point, search_front, sweep_budgets,
@@ -111,16 +111,16 @@ def main(argv=None) -> int:
     with Store(store_path) as store:
         build = supernet_model_builder(net, "torch" if args.device.startswith("torch") else "ort", Path(tmp.name) / "onnx")
         measure = device_measure(store, args.device, build, args.supernet, space, settings=settings,
-                                 anchor=default_anchor(space))  # the scale of the store's anchored rows
+                                 anchor=anchor_of(net.family))  # the scale of the store's anchored rows
         X, y = latency_training_data(args, net, space, store, measure)
         if args.predictors == "real":
-            from hwnas.pipeline import shipped_accuracy_predictor
+            from hwnas.jobs import shipped_predictor_path
             from hwnas.predictors.artifacts import load_predictor
             from hwnas.predictors.base import create_predictor
 
             lat = create_predictor("xgb", supernet=args.supernet).fit(X, y)  # fit on every stored row
             pl = lat.predict
-            pa = load_predictor(shipped_accuracy_predictor(args.supernet)).predict
+            pa = load_predictor(shipped_predictor_path(args.supernet, "accuracy.json")).predict
             print(f"predictors: xgb latency on {len(y)} real {args.device} measurements, shipped accuracy predictor")
         else:
             pl = fix.RidgeLatency(cfg).fit(X, y)

@@ -11,11 +11,9 @@ import json
 import statistics
 import time
 
-import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
 from hwnas.supernet.accuracy import sample_archs
-from hwnas.supernet.cost import arch_cost
 from hwnas.supernet.evaluate import EvalData, evaluate_arch
 from hwnas.supernet.registry import create_supernet
 
@@ -45,7 +43,7 @@ def main() -> None:
     t = time.perf_counter()
     accs = [evaluate_arch(net, x, data) for x in archs]
     secs = time.perf_counter() - t
-    macs = [arch_cost(net.config, x)["macs"] for x in archs]
+    macs = [net.family.arch_cost(x)["macs"] for x in archs]
     out["random"] = {"n": len(accs), "min": min(accs), "median": statistics.median(accs), "max": max(accs),
                      "spearman_vs_macs": float(spearmanr(accs, macs)[0]),
                      "kendall_vs_macs": float(kendalltau(accs, macs)[0]),
@@ -53,7 +51,7 @@ def main() -> None:
     if args.store:
         from hwnas.devices.store import Store
 
-        with Store(args.store) as st:
+        with Store(args.store, readonly=True) as st:
             lat = {r["arch_id"]: r["median_ms"] for r in st.measurements(supernet=args.supernet)}
         pairs = [(acc, lat[sp.arch_id(x)]) for acc, x in zip(accs, archs) if sp.arch_id(x) in lat]
         if len(pairs) >= 5:

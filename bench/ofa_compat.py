@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from hwnas.errors import CheckpointError
-from hwnas.supernet.registry import create_supernet, get_config, read_state_dict
-from hwnas.supernet.ofa_mbv3 import OFAMobileNetV3 as OurSupernet
+from hwnas.supernet.registry import create_supernet, get_family, read_state_dict
 
 OFA_KW = dict(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], n_classes=1000)
 
@@ -97,8 +96,8 @@ def spellings(sd: dict) -> dict[str, object]:
 
 
 def key_report(path: Path, family: str) -> tuple[list[str], list[str]]:
-    sd = read_state_dict(path)
-    ref = OurSupernet(get_config(family)).state_dict()
+    sd = read_state_dict(path, family)
+    ref = get_family(family).build().state_dict()
     missing = [k for k in ref if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in ref]
     return missing, unexpected
@@ -116,7 +115,7 @@ def archs_for(net, n: int, seed: int) -> list[dict]:
 def compare(ofa_net, ours, arch: dict, seed: int) -> dict:
     ofa_net.set_active_subnet(ks=arch["ks"], e=arch["e"], d=arch["d"])
     ofa_sub = ofa_net.get_active_subnet(preserve_weight=True).eval()
-    our_sub = ours.extract(arch).eval()
+    our_sub = ours.extract(arch, calibration=None).eval()
     ours.set_active(arch)
     dtype = next(ours.parameters()).dtype
     g = torch.Generator().manual_seed(seed)

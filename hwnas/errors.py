@@ -65,3 +65,7 @@ class PredictorError(HwnasError, ValueError):
 
 class SearchError(HwnasError, ValueError):
     """A search request cannot be satisfied (e.g. a budget below the fastest subnet)."""
+
+
+class OutputError(HwnasError, OSError):
+    """An output file cannot be written (missing or unwritable location, disk full)."""

@@ -116,24 +116,21 @@ def profile_cmd(
     json_: bool = JSON_OPT,
 ) -> None:
     """Profile a device: measure real latency of exported subnets (resumable) into the store."""
-    from hwnas.devices import Store, profile_onnx_file
-    from hwnas.devices.profile import profile_supernet
+    import hwnas.jobs as jobs
 
     if model is not None:
-        with Store(store) as st:
-            res = profile_onnx_file(model, device, time_cap_s=time_cap, store=st)
+        res1 = jobs.profile_model(model, device, store=store, time_cap_s=time_cap).to_dict()
 
         def human1(r):
             m = r["measurement"]
             typer.echo(f"{r['model']} on {r['device']}: median {m['median_ms']:.3f} ms, p90 {m['p90_ms']:.3f} ms, "
-                       f"IQR {m['iqr_ms']:.3f} ms, n={m['n']}, CV {m['cv']:.3f}")
+                       f"IQR {m['iqr_ms']:.3f} ms, n={m['n']}, CV {m['cv']:.3f} (raw timing of this file, no anchor)")
 
-        emit(res, json_, human1)
+        emit(res1, json_, human1)
         return
     with progress_bar(f"profiling {device}", samples, enabled=not json_) as update:
-        res = profile_supernet(store, device, supernet, samples, weights=str(weights) if weights else None,
-                               seed=seed, time_cap_s=time_cap,
-                               progress=lambda ev: update(ev.done, ev.total, f"{ev.arch_id[:24]:<24}"))
+        res = jobs.profile(device, supernet, samples, store=store, weights=weights, seed=seed, time_cap_s=time_cap,
+                           progress=lambda ev: update(ev.done, ev.total, f"{ev.arch_id[:24]:<24}")).to_dict()
 
     def human(r):
         rate = (f" ({r['subnets_per_min']:.1f} subnets/min, overhead x{r['overhead']:.1f})"
@@ -167,10 +164,10 @@ def predictor_fit_cmd(
     json_: bool = JSON_OPT,
 ) -> None:
     """Fit a predictor on the store's rows; report held-out RMSE, MAPE, +-5%/+-10%, Kendall tau."""
-    from hwnas.predictors.jobs import fit_job
+    import hwnas.jobs as jobs
 
-    res = fit_job(store, device, supernet, target=target, kind=kind, out=out, holdout=holdout, seed=seed,
-                  max_train=max_train, prior=prior)
+    res = jobs.fit_predictor(store, target=target, device=device, supernet=supernet, kind=kind, out=out,
+                             holdout=holdout, seed=seed, max_train=max_train, prior=prior).to_dict()
     emit(res, json_, lambda r: typer.echo(_metrics_line(r)))
 
 
@@ -200,6 +197,26 @@ def predictor_eval_cmd(
     emit(res, json_, lambda r: typer.echo(json.dumps(r.get("metrics", r), indent=2, default=str)))
 
 
+@predictor_app.command("predict")
+def predictor_predict_cmd(
+    predictor: Path = typer.Argument(..., help="Predictor artifact (.json)."),
+    arch: str = typer.Option(..., "--arch", help="Arch JSON file (or inline JSON)."),
+    json_: bool = JSON_OPT,
+) -> None:
+    """Predict the latency (ms) or accuracy of one arch with a saved predictor."""
+    import hwnas.jobs as jobs
+
+    res = jobs.predict(predictor, arch).to_dict()
+
+    def human(r):
+        v = r["values"][0]
+        shown = f"{v:.4f} ms" if r["unit"] == "ms" else f"{100 * v:.2f}% top-1"
+        where = f" on {r['device']}" if r.get("device") else ""
+        typer.echo(f"{r['arch_ids'][0]}: predicted {r['target']} {shown}{where} ({r['supernet']})")
+
+    emit(res, json_, human)
+
+
 @app.command("search")
 def search_cmd(
     latency: Optional[str] = typer.Option(None, "--latency", help="Latency budget, e.g. 5ms or 0.8ms "
@@ -208,22 +225,30 @@ def search_cmd(
     supernet: str = typer.Option("mbv3_fmnist"),
     weights: Optional[Path] = typer.Option(None),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="Store with this device's measurements."),
+    latency_predictor: Optional[Path] = typer.Option(None, "--latency-predictor",
+                                                     help="Latency predictor artifact (default: xgb fitted on the "
+                                                          "store's rows); corrected on the device's measurements."),
+    accuracy_predictor: Optional[Path] = typer.Option(None, "--accuracy-predictor",
+                                                      help="Accuracy predictor artifact (default: the shipped one)."),
     rounds: int = typer.Option(2, help="Closed-loop rounds (search, measure, refit)."),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("hwnas-out/search"), "-o", "--out"),
     json_: bool = JSON_OPT,
 ) -> None:
     """NSGA-II search for the most accurate subnet within a latency budget, verified on the device."""
-    from hwnas.pipeline import search_job
+    import hwnas.jobs as jobs
 
-    res = search_job(store, device, supernet, latency, out, rounds=rounds, seed=seed,
-                     weights=str(weights) if weights else None,
-                     log=(lambda s: None) if json_ else (lambda s: typer.echo(s, err=True)))
-    r = res["result"]
-    emit({"best": r.best.to_dict(), "budget_ms": res["budget_ms"], "files": res["files"],
-          "latency_predictor": res["latency_fit"]["metrics"], "wall_s": r.wall_s, "evals_per_s": r.evals_per_s},
+    res = jobs.search(device, latency, supernet=supernet, store=store, out=out, rounds=rounds, seed=seed,
+                      weights=weights, latency_predictor=latency_predictor, accuracy_predictor=accuracy_predictor,
+                      predictors_dir=out / "predictors",
+                      log=(lambda s: None) if json_ else (lambda s: typer.echo(s, err=True)))
+    r = res.result
+    emit({"best": r.best.to_dict(), "budget_ms": res.budget_ms, "files": res.files,
+          "latency_predictor": res.latency_predictor, "accuracy_predictor": res.accuracy_predictor,
+          "archs_predicted": res.n_predicted, "wall_s": r.wall_s, "evals_per_s": r.evals_per_s},
          json_, lambda d: typer.echo(f"best: {r.best.arch_id}, measured {r.best.measured_latency_ms:.3f} ms "
-                                     f"(budget {res['budget_ms']:.3f} ms); files in {out}"))
+                                     f"(budget {res.budget_ms:.3f} ms, anchored timing on {res.device}); "
+                                     f"{res.n_predicted} archs predicted; files in {out}"))
 
 
 @app.command("run")
@@ -237,12 +262,12 @@ def run_cmd(
     json_: bool = JSON_OPT,
 ) -> None:
     """The main job: profile this machine, fit predictors, search, export ONNX + INT8 ONNX."""
-    from hwnas.pipeline import run_main
+    import hwnas.jobs as jobs
 
     say = (lambda s: None) if json_ else (lambda s: typer.echo(s, err=True))
     with progress_bar("profiling", samples, enabled=not json_) as update:
-        res = run_main(out, device=device, samples=samples, budget=latency, rounds=rounds, seed=seed, log=say,
-                       progress=lambda ev: update(ev.done, ev.total))
+        res = jobs.run(out, device=device, samples=samples, latency=latency, rounds=rounds, seed=seed, log=say,
+                       progress=lambda ev: update(ev.done, ev.total)).to_dict()
 
     def human(s):
         b = s["best"]

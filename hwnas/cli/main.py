@@ -34,25 +34,22 @@ def _command_line() -> str:
 @app.command("supernets")
 def supernets_cmd(json_: bool = JSON_OPT) -> None:
     """List the registered supernet families and their search spaces."""
-    from hwnas.supernet.registry import DEFAULT_SUPERNET, default_weights_path, get_config, list_supernets
+    from hwnas.supernet.registry import DEFAULT_SUPERNET, default_weights_path, get_family, list_supernets
 
     rows = []
     for name in list_supernets():
-        cfg = get_config(name)
-        sp = cfg.space
+        fam = get_family(name)
         w = default_weights_path(name)
-        rows.append({"name": name, "default": name == DEFAULT_SUPERNET, "dataset": cfg.dataset,
-                     "classes": cfg.n_classes, "in_channels": cfg.in_channels, "space": sp.to_dict(),
+        rows.append({"name": name, "default": name == DEFAULT_SUPERNET, "kind": fam.kind, "dataset": fam.dataset,
+                     "classes": fam.n_classes, "in_channels": fam.in_channels, "space": fam.space.to_dict(),
+                     "capabilities": sorted(fam.capabilities), "summary": fam.describe(),
                      "shipped_weights": str(w) if w else None})
 
     def human(rs):
         for r in rs:
-            s = r["space"]
             flag = " (default)" if r["default"] else ""
             wt = "shipped weights" if r["shipped_weights"] else "no shipped weights: pass --weights"
-            typer.echo(f"{r['name']}{flag}: {r['dataset']}, {s['n_stages']} stages x {s['max_depth']} blocks, "
-                       f"ks {s['ks_list']}, e {s['e_list']}, d {s['d_list']}, r {s['resolutions'][0]}-"
-                       f"{s['resolutions'][-1]}; {wt}")
+            typer.echo(f"{r['name']}{flag}: {r['summary']}; {wt}")
 
     emit(rows, json_, human)
 
@@ -69,16 +66,16 @@ def sample_cmd(
     import json
 
     from hwnas.errors import ArchError
-    from hwnas.export.api import _write_json_atomic
-    from hwnas.supernet.registry import get_config
+    from hwnas.formats.common import write_json
+    from hwnas.supernet.registry import get_family
 
-    sp = get_config(supernet).space
+    sp = get_family(supernet).space
     if which not in ("random", "min", "max"):
         raise ArchError(f"--which {which!r} is not one of random, min, max")
     arch = {"random": lambda: sp.sample(seed), "min": sp.min_arch, "max": sp.max_arch}[which]()
     res = {"arch": arch, "arch_id": sp.arch_id(arch), "supernet": supernet}
     if out is not None:
-        _write_json_atomic(out, arch)
+        write_json(out, arch)
         res["path"] = str(out)
     emit(res, json_, lambda r: typer.echo(json.dumps(r["arch"]) if out is None else
                                           f"wrote {out} ({r['arch_id']})"))
@@ -90,7 +87,8 @@ def export_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Output file (.onnx / .engine); a manifest OUT.json goes beside it."),
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family."),
     weights: Optional[Path] = typer.Option(None, help="Supernet state dict (default: the shipped weights)."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx | onnx-int8 | tensorrt"),
+    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx | onnx-int8 | tensorrt "
+                                                     "(hwnas.formats.list_formats())."),
     batch: int = typer.Option(1, help="Static batch size."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch dimension dynamic."),
     no_optimize: bool = typer.Option(False, "--no-optimize", help="Skip graph optimization (onnxslim)."),
@@ -103,19 +101,17 @@ def export_cmd(
     json_: bool = JSON_OPT,
 ) -> None:
     """Export a subnet as a verified engine with a manifest."""
+    import hwnas.jobs as jobs
     from hwnas.errors import ExportError
-    from hwnas.export.api import export_subnet
-    from hwnas.supernet.arch import parse_arch
 
     if fp16 and int8:
         raise ExportError("choose one of --fp16 and --int8")
     if (fp16 or int8) and fmt != "tensorrt":
         raise ExportError("--fp16/--int8 select the TensorRT precision; use --format onnx-int8 for ONNX Runtime INT8")
-    a = parse_arch(arch)
     opts = {"precision": "fp16" if fp16 else "int8"} if (fp16 or int8) else {}
-    res = export_subnet(a, out, supernet, str(weights) if weights else None, fmt=fmt, batch=batch,
-                        dynamic_batch=dynamic_batch, optimize=not no_optimize, command=_command_line(),
-                        device=device, calibration=calibration, time_cap_s=time_cap, **opts)
+    res = jobs.export(arch, out, supernet=supernet, weights=weights, format=fmt, batch=batch,
+                      dynamic_batch=dynamic_batch, optimize=not no_optimize, command=_command_line(),
+                      device=device, calibration=calibration, time_cap_s=time_cap, **opts).to_dict()
 
     def human(m):
         chk = m.get("output_check") or {}

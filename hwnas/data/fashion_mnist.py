@@ -8,8 +8,8 @@ Splits (fixed forever; changing them invalidates every accuracy predictor traine
   (i.e. permutation positions 5,000..6,999), so ``calib`` is a uniform random subset of ``train``;
 * ``test`` = the official 10k ``t10k`` set, in file order. Final figures only.
 
-``val`` and ``calib`` are shipped as ``calibration_data/{val,calib}.npz`` so they work without the
-full dataset; ``train`` and ``test`` need the IDX files (Debian package ``dataset-fashion-mnist``).
+``val`` and ``calib`` are shipped as ``hwnas/resources/calibration_data/{val,calib}.npz`` so they work
+without the full dataset; ``train`` and ``test`` need the IDX files (Debian package ``dataset-fashion-mnist``).
 """
 
 from __future__ import annotations
@@ -160,13 +160,13 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def calib_dir() -> Path:
-    """Where the shipped subsets live: ``$HWNAS_CALIB_DIR``, else ``<repo>/calibration_data``."""
+    """Where the shipped subsets live: ``$HWNAS_CALIB_DIR``, else the package's ``resources/calibration_data``."""
     env = os.environ.get(ENV_CALIB_DIR)
     if env:
         return Path(env).expanduser()
-    import hwnas
+    from hwnas.resources import calibration_data_dir
 
-    return Path(hwnas.__file__).resolve().parents[1] / "calibration_data"
+    return calibration_data_dir()
 
 
 def _find_file(directory: Path, stem: str) -> Path | None:
@@ -265,7 +265,7 @@ def _load_shipped(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
 def load_split(split: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 [N,28,28], labels int64 [N])`` of one split: train, val, test or calib.
 
-    ``val`` and ``calib`` come from the shipped ``calibration_data/{split}.npz`` (no dataset needed);
+    ``val`` and ``calib`` come from the shipped ``resources/calibration_data/{split}.npz`` (no dataset needed);
     only when those files are absent are they rebuilt from the IDX files in ``data_dir``.
     """
     _check_split(split)

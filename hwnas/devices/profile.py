@@ -43,11 +43,11 @@ class ProfileEvent:
         return asdict(self)
 
 
-def _as_spec(device: str | Path | DeviceSpec) -> DeviceSpec:
+def as_spec(device: str | Path | DeviceSpec) -> DeviceSpec:
     return device if isinstance(device, DeviceSpec) else load_device(device)
 
 
-def _require_available(spec: DeviceSpec) -> None:
+def require_available(spec: DeviceSpec) -> None:
     reason = get_backend_class(spec.backend).unavailable_reason(spec)
     if reason:
         raise DeviceUnavailableError(f"device {spec.name!r} cannot run here: {reason}")
@@ -86,16 +86,6 @@ def anchor_latency(store: Store, fp_hash: str, rc: str, spec: DeviceSpec, anchor
     m = runner.measure(cal)
     store.set_meta(key, repr(float(m.median_ms)))
     return float(m.median_ms)
-
-
-def default_anchor(space: Any) -> tuple[str, Arch]:
-    """The reference arch of a space for anchored timing: the middle choice of every gene."""
-    mid = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    n = space.n_stages * space.max_depth
-    arch = {"ks": [mid(space.ks_list)] * n, "e": [mid(space.e_list)] * n, "d": [mid(space.d_list)] * space.n_stages,
-            "r": mid(space.resolutions)}
-    arch = space.canonical(arch)
-    return space.arch_id(arch), arch
 
 
 def combine_rounds(visits: Sequence[Measurement]) -> Measurement:
@@ -148,8 +138,8 @@ def profile_archs(
     Returns a summary: counts, ``wall_s`` (the whole job), ``timed_s`` (inside timed inferences),
     ``overhead`` (= wall / timed) and ``subnets_per_min``.
     """
-    spec = _as_spec(spec)
-    _require_available(spec)
+    spec = as_spec(spec)
+    require_available(spec)
     s = settings or ProtocolSettings.from_mapping(spec.protocol)
     fp = fingerprint_for(spec)
     store.add_fingerprint(fp)
@@ -312,8 +302,8 @@ def profile_onnx_file(
     ``{"model", "device", "runtime_config", "measurement", "fingerprint", "settings"}``.
     """
     p = check_onnx_file(path)
-    spec = _as_spec(device)
-    _require_available(spec)
+    spec = as_spec(device)
+    require_available(spec)
     s = settings or ProtocolSettings.from_mapping(spec.protocol)
     s = s.replace(time_cap_s=time_cap_s)
     with create_backend(spec, model=p, input_shape=input_shape) as backend:
@@ -347,7 +337,7 @@ def stratified_sample(
 ) -> list[tuple[str, Arch]]:
     """``n`` distinct archs spread evenly over small/medium/large (terciles of ``size_fn``).
 
-    ``space`` is an ``ArchSpace`` (``sample``, ``min_arch``, ``max_arch``, ``arch_id``, ``canonical``).
+    ``space`` is a ``SearchSpace`` (``sample``, ``min_arch``, ``max_arch``, ``arch_id``, ``canonical``).
     ``space.min_arch()`` and ``space.max_arch()`` are always included; the rest are drawn in turn from
     the three size bins of a random pool of ``pool_factor * n`` archs, deduplicated by ``arch_id``.
     Fewer than ``n`` come back only if the space has fewer distinct archs than the pool found.
@@ -380,61 +370,6 @@ def stratified_sample(
     return list(chosen.items())
 
 
-__all__ = ["ModelBuilder", "anchor_latency", "combine_rounds", "default_anchor", "visit_settings", "ProfileError", "ProfileEvent", "file_arch_id", "profile_archs", "profile_onnx_file", "stratified_sample"]
-
-
-def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path, batch: int = 1) -> ModelBuilder:
-    """``build_model`` for ``profile_archs``: extract each arch; export it to ONNX (static ``batch``)
-    unless the backend is torch."""
-    from hwnas.export.onnx_export import export_onnx
-
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-
-    def build(arch: Arch):
-        sub = supernet.extract(arch).eval()
-        if backend.startswith("torch"):
-            return sub, (batch, *sub.input_shape)
-        path = workdir / f"{supernet.space.arch_id(arch)}.onnx"
-        export_onnx(sub, path, sub.input_shape, batch=batch)
-        return path, None
-
-    return build
-
-
-def profile_supernet(
-    store_path: str | Path,
-    device: str | Path | DeviceSpec,
-    supernet: str,
-    samples: int,
-    *,
-    weights: str | None = None,
-    seed: int = 0,
-    time_cap_s: float | None = None,
-    progress: Callable[[ProfileEvent], None] | None = None,
-) -> dict[str, Any]:
-    """``hwnas profile --device D --supernet S --samples N``: stratified archs, measured and stored.
-
-    Latency does not depend on weight values, so a family without weights (OFA's ImageNet families
-    included) is profiled on its initialized weights.
-    """
-    import tempfile
-
-    from hwnas.supernet.cost import arch_cost
-    from hwnas.supernet.registry import create_supernet
-
-    spec = _as_spec(device)
-    _require_available(spec)
-    net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
-    cfg = net.config
-    archs = stratified_sample(net.space, samples, seed, lambda a: arch_cost(cfg, a)["macs"])
-    settings = ProtocolSettings.from_mapping(spec.protocol)
-    if time_cap_s is not None:
-        settings = settings.replace(time_cap_s=time_cap_s)
-    Path(store_path).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp, Store(store_path) as store:
-        build = supernet_model_builder(net, spec.backend, tmp, batch=spec.batch)
-        summary = profile_archs(store, spec, archs, build, supernet, settings=settings, progress=progress,
-                                delete_models=True, anchor=default_anchor(net.space))
-    summary.update(device=spec.name, supernet=supernet, store=str(store_path))
-    return summary
+__all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "ProtocolSettings", "anchor_latency", "as_spec", "combine_rounds",
+           "file_arch_id", "profile_archs", "profile_onnx_file", "require_available", "stratified_sample",
+           "visit_settings"]

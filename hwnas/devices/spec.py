@@ -1,4 +1,4 @@
-"""Device specs: one TOML file per device in the repo's top-level ``devices/`` directory.
+"""Device specs: one TOML file per device; the reference ones ship in ``hwnas/resources/devices/``.
 
 A spec says which backend measures on the device, with which options (threads, execution provider,
 graph optimization level, precision, ...), at which batch size, and for remote devices how to reach
@@ -15,24 +15,30 @@ the agent (``address``) and which environment variable holds its token (``token_
     time_cap_s = 3.0
 
 Specs are looked up in ``$HWNAS_DEVICES_DIR`` (one or more directories separated by ``os.pathsep``)
-first, then in the repo's ``devices/``; a path to a ``.toml`` file works too.
+first, then in ``./devices`` (the current directory's, if there is one), then in the shipped ones;
+the first file named ``<name>.toml`` wins.  A path to a ``.toml`` file works too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import hwnas
 from hwnas.errors import HwnasError, UnknownDeviceError
+from hwnas.resources import shipped_devices_dir
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES_ENV = "HWNAS_DEVICES_DIR"
-REPO_DEVICES_DIR = Path(hwnas.__file__).resolve().parents[1] / "devices"
+LOCAL_DEVICES_DIR = Path("devices")  # relative: the current directory's, looked up at each call
+SHIPPED_DEVICES_DIR = shipped_devices_dir()
 _TOP_KEYS = {"name", "description", "backend", "batch", "precision", "options", "protocol", "address", "token_env"}
 
 
@@ -133,9 +139,13 @@ class DeviceInfo:
 
 
 def device_dirs() -> list[Path]:
-    """Directories searched for ``<name>.toml``, first match wins."""
+    """Directories searched for ``<name>.toml``, first match wins: ``$HWNAS_DEVICES_DIR``, ``./devices``
+    (if it exists), then the shipped specs."""
     dirs = [Path(p).expanduser() for p in os.environ.get(DEVICES_ENV, "").split(os.pathsep) if p]
-    dirs.append(REPO_DEVICES_DIR)
+    local = LOCAL_DEVICES_DIR.absolute()
+    if local.is_dir() and local.resolve() != SHIPPED_DEVICES_DIR.resolve():
+        dirs.append(local)
+    dirs.append(SHIPPED_DEVICES_DIR)
     return dirs
 
 
@@ -224,6 +234,7 @@ __all__ = [
     "DeviceSpec",
     "DeviceSpecError",
     "PRECISIONS",
+    "SHIPPED_DEVICES_DIR",
     "device_dirs",
     "device_names",
     "device_status",

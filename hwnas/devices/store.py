@@ -4,12 +4,21 @@ Every write is its own committed statement, so a profiling run killed with ``kil
 the row in flight and a restart skips what is already there.  Measurements are keyed by
 (fingerprint hash, runtime config, arch id, batch, precision); accuracies by (supernet hash, arch id,
 split).  Writing a key again replaces the row (upsert), so there are never duplicates.
+
+``Store(path, readonly=True)`` opens an existing store only to read it: no schema is created, writes
+are refused, and nothing is left beside it.  The reference store shipped inside the package and a WAL
+store in a directory nobody may write are opened immutable, so not even SQLite's ``-wal``/``-shm`` side
+files are created; other stores are read like any SQLite database and still see the rows a concurrent
+writer commits.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
+import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,36 +71,93 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-class Store:
-    """``Store(path)``: open (creating if needed) a measurement store; use as a context manager."""
+def _dir_writable(d: Path) -> bool:
+    try:
+        mode = d.stat().st_mode
+    except OSError:
+        return False
+    return os.access(d, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
-    def __init__(self, path: str | Path) -> None:
+
+def _is_shipped(p: Path) -> bool:
+    from hwnas.resources import resource_dir
+
+    try:
+        return p.resolve().is_relative_to(resource_dir("predictors").resolve())
+    except OSError:
+        return False
+
+
+def _readonly_uri(p: Path, header: bytes) -> str:
+    """An SQLite URI that reads ``p`` and leaves nothing beside it.
+
+    A database in WAL mode (header byte 18 is 2) is read through ``-wal``/``-shm`` side files that the
+    reader creates; a read-write connection removes them when it closes, a ``mode=ro`` one cannot, and
+    in a directory it may not write ``mode=ro`` cannot open the database at all unless they exist.  So:
+    immutable (no locks, no side files) for the shipped store, which nothing writes, and for a WAL store
+    in a directory nobody may write (no writer can be active there unless both side files exist);
+    ``mode=ro`` in other unwritable directories; else ``mode=rw`` (never creating the file) with
+    ``PRAGMA query_only`` set by the caller.
+    """
+    wal = len(header) > 18 and header[18] == 2
+    side_files = p.with_name(p.name + "-wal").exists() and p.with_name(p.name + "-shm").exists()
+    writable = _dir_writable(p.parent)
+    if _is_shipped(p) or (wal and not side_files and not writable):
+        query = "mode=ro&immutable=1"
+    else:
+        query = "mode=rw" if writable else "mode=ro"
+    return f"file:{urllib.parse.quote(str(p.resolve()))}?{query}"
+
+
+class Store:
+    """``Store(path)``: open (creating if needed) a measurement store; use as a context manager.
+
+    ``readonly=True``: open an existing store only to read it; nothing is created or written (see above).
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path).expanduser()
+        self.readonly = bool(readonly)
         p = self.path
         if p.is_dir():
             raise StoreError(f"store path {p} is a directory; pass a file path such as runs/measurements.sqlite")
+        header = b""
         if p.is_file() and p.stat().st_size > 0:
             with p.open("rb") as fh:
-                if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                header = fh.read(100)
+                if header[: len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
                     raise StoreError(f"{p} is not a measurement store (not an SQLite database); pass another --store path")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the directory of store {p} ({exc.strerror})") from None
+        if self.readonly:
+            if not header:
+                raise StoreError(f"store {p} does not exist or is empty; profile a device into it first (hwnas profile)")
+        else:
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the directory of store {p} ({exc.strerror})") from None
         self._con: sqlite3.Connection | None = None
         try:
-            self._con = sqlite3.connect(str(p), timeout=30.0, isolation_level=None)
+            if self.readonly:
+                self._con = sqlite3.connect(_readonly_uri(p, header), uri=True, timeout=30.0, isolation_level=None)
+            else:
+                self._con = sqlite3.connect(str(p), timeout=30.0, isolation_level=None)
             self._con.row_factory = sqlite3.Row
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"{p} is not a usable measurement store ({exc}); pass another --store path") from None
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ setup
     def _init_schema(self) -> None:
         con = self._conn
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+        if self.readonly:
+            con.execute("PRAGMA query_only=ON")  # writes fail, whichever way the file was opened
+        else:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "meta" not in tables:
             raise StoreError(
@@ -108,6 +174,8 @@ class Store:
                     f"{SCHEMA_VERSION}"
                 )
             return
+        if self.readonly:
+            raise StoreError(f"{self.path} is not a measurement store (it has no tables); pass another --store path")
         con.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA.split(";"):

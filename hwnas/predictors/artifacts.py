@@ -20,9 +20,6 @@ family layout, feature version, device fingerprint or supernet weights.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,9 +27,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from hwnas.errors import PredictorError, UnknownSupernetError
+from hwnas.io import atomic_write_text
 from hwnas.predictors.base import Predictor, get_predictor_class
 from hwnas.predictors.features import FEATURE_VERSION, resolve_config
-from hwnas.supernet.ofa_mbv3 import MBv3Config
+from hwnas.supernet.family import SupernetFamily
 
 FORMAT = "hwnas-predictor"
 FORMAT_VERSION = 1
@@ -51,7 +49,7 @@ def _encode(obj: Any) -> Any:
         return {str(k): _encode(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_encode(v) for v in obj]
-    if isinstance(obj, MBv3Config):
+    if isinstance(obj, SupernetFamily):
         return obj.name
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
@@ -68,14 +66,18 @@ def _decode(obj: Any) -> Any:
     return obj
 
 
-def config_from_dict(d: Mapping[str, Any]) -> MBv3Config:
-    names = {f.name for f in fields(MBv3Config)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names and k != "extra"}
-    return MBv3Config(**kw)
+DEFAULT_FAMILY_KIND = "ofa_mbv3"  # artifacts written before families were plug-ins name no kind
 
 
-def _config_dict(cfg: MBv3Config) -> dict[str, Any]:
-    return json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+def config_from_dict(d: Mapping[str, Any], kind: str | None = None) -> SupernetFamily:
+    """A family of class ``kind`` rebuilt from its stored layout (an unregistered supernet)."""
+    from hwnas.supernet.registry import family_from_config
+
+    return family_from_config(kind or DEFAULT_FAMILY_KIND, dict(d))
+
+
+def _config_dict(family: SupernetFamily) -> dict[str, Any]:
+    return json.loads(json.dumps(family.config_dict()))  # tuples -> lists, as stored
 
 
 # ---------------------------------------------------------------------------------- to / from dict
@@ -101,6 +103,7 @@ def predictor_to_dict(pred: Predictor, meta: Mapping[str, Any] | None = None) ->
         "kind": pred.kind,
         "target": target,
         "supernet": cfg.name,
+        "supernet_kind": cfg.kind,
         "supernet_config": _config_dict(cfg),
         "supernet_hash": meta.get("supernet_hash"),
         "feature_version": FEATURE_VERSION,
@@ -119,7 +122,7 @@ def predictor_to_dict(pred: Predictor, meta: Mapping[str, Any] | None = None) ->
 
 
 def _check_header(d: Mapping[str, Any], where: str, expect_supernet: str | None, expect_fp_hash: str | None,
-                  expect_supernet_hash: str | None, expect_target: str | None) -> MBv3Config | str:
+                  expect_supernet_hash: str | None, expect_target: str | None) -> SupernetFamily | str:
     if not isinstance(d, Mapping) or d.get("format") != FORMAT:
         raise PredictorError(f"{where} is not a hwnas predictor artifact")
     if d.get("format_version") != FORMAT_VERSION:
@@ -145,8 +148,8 @@ def _check_header(d: Mapping[str, Any], where: str, expect_supernet: str | None,
         cfg = resolve_config(name)
     except UnknownSupernetError:
         try:
-            return config_from_dict(saved)
-        except (TypeError, ValueError) as exc:
+            return config_from_dict(saved, d.get("supernet_kind"))
+        except (TypeError, ValueError, UnknownSupernetError) as exc:
             raise PredictorError(f"{where}: supernet {name} is not registered and its stored layout is unreadable "
                                  f"({exc})") from None
     if _config_dict(cfg) != saved:
@@ -194,22 +197,6 @@ def save_predictor(pred: Predictor, path: str | Path, meta: Mapping[str, Any] | 
     d = predictor_to_dict(pred, meta)
     atomic_write_text(p, json.dumps(d, allow_nan=False, separators=(",", ":")))
     return p
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place (mode 0644 less umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The predictor registry and the scikit-learn-style base class.
 
 A predictor maps archs to a number (latency in ms, or accuracy).  ``X`` is the integer gene matrix
-the search holds (``ArchSpace.encode`` rows, shape ``(N, L)``), or a list of arch dicts; predictors
+the search holds (``space.encode`` rows, shape ``(N, L)``), or a list of arch dicts; predictors
 featurize it themselves (``hwnas.predictors.features``), so a saved predictor carries the feature
 version it was trained with.  Hyperparameters live in ``__init__`` (stored unchanged), ``fit(X, y)``
 returns ``self``, learned attributes end in ``_``, ``predict(X)`` works on batches.
@@ -21,7 +21,7 @@ import numpy as np
 
 from hwnas.errors import PredictorError, UnknownNameError
 from hwnas.predictors.features import as_vectors, featurize_vectors, resolve_config
-from hwnas.supernet.ofa_mbv3 import MBv3Config
+from hwnas.supernet.family import SupernetFamily
 
 DEFAULT_SUPERNET = "mbv3_fmnist"
 TARGETS = ("latency", "accuracy")
@@ -102,7 +102,7 @@ class Predictor(ABC):
 
     def __repr__(self) -> str:
         def short(v: Any) -> str:
-            if isinstance(v, MBv3Config):
+            if isinstance(v, SupernetFamily):
                 return repr(v.name)
             if isinstance(v, (Predictor, np.ndarray)) or hasattr(v, "to_state"):
                 return type(v).__name__
@@ -113,8 +113,12 @@ class Predictor(ABC):
 
     # ------------------------------------------------------------------ the family
     @property
-    def config(self) -> MBv3Config:
+    def family(self) -> SupernetFamily:
         return resolve_config(self.supernet)
+
+    @property
+    def config(self) -> SupernetFamily:  # the family (older name)
+        return self.family
 
     @property
     def supernet_name(self) -> str:

@@ -18,7 +18,6 @@ from hwnas.errors import PredictorError, UnknownDeviceError
 from hwnas.predictors.base import DEFAULT_SUPERNET, Predictor, create_predictor, get_predictor_class
 from hwnas.predictors.features import as_vectors, resolve_config
 from hwnas.predictors.metrics import evaluate_kfold, holdout_split, regression_metrics
-from hwnas.supernet.ofa_mbv3 import MBv3Config
 
 ACCURACY_KINDS = ("mlp", "xgb")
 # defaults per (target, kind) under the caller's params: trees for accuracy model it directly on the
@@ -33,6 +32,17 @@ def _params_for(target: str, kind: str, params: Mapping[str, Any]) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------------- data
+def _registered_name_or_family(family: Any) -> Any:
+    """The family's registered name when the registry holds this very layout, else the family itself."""
+    from hwnas.errors import UnknownSupernetError
+    from hwnas.supernet.registry import get_family
+
+    try:
+        return family.name if get_family(family.name) == family else family
+    except UnknownSupernetError:
+        return family
+
+
 def _device_name(device: Any) -> str:
     from hwnas.devices.spec import DeviceSpec, load_device
 
@@ -66,7 +76,7 @@ def load_latency_data(store_path: str | Path, device: Any, supernet: Any = DEFAU
     p = Path(store_path)
     if not p.is_file():
         raise PredictorError(f"store {p} does not exist; profile a device into it first (hwnas profile)")
-    with Store(p) as store:
+    with Store(p, readonly=True) as store:
         rows = store.measurements(fp_hash=fp_hash, supernet=cfg.name, device=name if fp_hash is None else None)
         rows = [r for r in rows if r["arch"] is not None]
         counts = Counter(r["fp_hash"] for r in rows)
@@ -110,7 +120,7 @@ def load_accuracy_data(store_path: str | Path, supernet: Any = DEFAULT_SUPERNET,
     p = Path(store_path)
     if not p.is_file():
         raise PredictorError(f"store {p} does not exist; evaluate subnets into it first (hwnas supernet eval)")
-    with Store(p) as store:
+    with Store(p, readonly=True) as store:
         rows = [r for r in store.accuracies(h, split) if r["arch"] is not None]
     if not rows:
         raise PredictorError(f"store {p} has no {split} accuracies of {cfg.name} weights {h}; "
@@ -204,7 +214,7 @@ def fit_job(
     if target not in ("latency", "accuracy"):
         raise PredictorError(f"target must be 'latency' or 'accuracy'; got {target!r}")
     cfg = resolve_config(supernet)
-    snet: Any = supernet if isinstance(supernet, MBv3Config) else cfg.name  # an unregistered family travels as is
+    snet: Any = _registered_name_or_family(cfg)  # an unregistered family travels as is
     params = dict(params or {})
     # params are hyperparameters of the kind, or per kind: {"mlp": {...}, "xgb": {...}} (what 'auto' takes)
     per_kind = bool(params) and all(k in _kinds_for(None) and isinstance(v, Mapping) for k, v in params.items())

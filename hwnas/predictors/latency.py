@@ -13,7 +13,6 @@ import numpy as np
 from hwnas.errors import PredictorError
 from hwnas.predictors.base import DEFAULT_SUPERNET, Predictor, inv_target, log_target, register_predictor
 from hwnas.predictors.features import featurize_vectors, n_onehot
-from hwnas.supernet.cost import cost_table
 
 
 def _import_xgb() -> Any:
@@ -127,7 +126,7 @@ class XGBPredictor(Predictor):
         if self.features != "onehot":
             col = n_onehot(self.config) if self.features == "all" else 0  # 'macs_m' leads the analytic block
             return F[:, col].astype(np.float64)
-        return cost_table(self.config).cost_vectors(V)["macs"] / 1e6
+        return self.family.cost_vectors(V)["macs"] / 1e6
 
     def _base_values(self, s: np.ndarray) -> np.ndarray:
         return np.maximum(self.base_coef_[0] + self.base_coef_[1] * s, self.base_floor_)
@@ -191,7 +190,7 @@ class LinearPredictor(Predictor):
         self.supernet = supernet
 
     def _macs(self, V: np.ndarray) -> np.ndarray:
-        return cost_table(self.config).cost_vectors(V)["macs"] / 1e6
+        return self.family.cost_vectors(V)["macs"] / 1e6
 
     def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
         m = self._macs(V)
@@ -255,7 +254,7 @@ class TransferPredictor(Predictor):
         return p
 
     def _log_macs(self, V: np.ndarray) -> np.ndarray:
-        return np.log(cost_table(self.config).cost_vectors(V)["macs"])
+        return np.log(self.family.cost_vectors(V)["macs"])
 
     def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
         if np.any(y <= 0):

@@ -1,10 +1,10 @@
 """Layer-wise latency lookup table (in Once-for-All's spirit) and the predictors built on it.
 
-Every distinct block configuration of a family -- (in_ch, out_ch, kernel, mid channels, stride,
-activation, SE, input size, residual) -- plus the stem (first conv + first block) and the head (final
-expand, pool, feature mix, classifier) at each resolution is exported as a tiny static ONNX model and
-measured on the device with the usual protocol.  The rows go to the measurement store under the
-supernet name ``<family>:lut`` (so building is resumable and a table is shared by everything reading
+A family with the ``lut`` capability lists its distinct entries (blocks at their input size, the
+stem and the head at each resolution: ``lut_entries``), builds a static module for each
+(``lut_entry_module``) and says which entries each arch sums (``lut_usage``).  Every entry is
+exported as a tiny static ONNX model and measured on the device with the usual protocol.  The rows
+go to the measurement store under the supernet name ``<family>:lut`` (so building is resumable and a table is shared by everything reading
 the store), keyed by the entry's readable key.
 
 An arch's LUT latency is the sum of its entries.  Measured in isolation every entry pays a call's
@@ -17,7 +17,6 @@ gives trees the LUT sum as an extra feature.  Entries hold each model's minimum 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -28,178 +27,76 @@ from hwnas.errors import PredictorError
 from hwnas.predictors.base import DEFAULT_SUPERNET, Predictor, register_predictor
 from hwnas.predictors.features import featurize_vectors, resolve_config
 from hwnas.predictors.latency import XGBPredictor, _lstsq
-from hwnas.supernet.cost import conv_out, cost_table, mid_channels
-from hwnas.supernet.ofa_mbv3 import MBv3Config
+from hwnas.supernet.family import SupernetFamily
 
 LUT_SUFFIX = ":lut"
 DEFAULT_LUT_STAT = "min_ms"
 
 
-def lut_store_name(config: MBv3Config | str) -> str:
+def lut_store_name(config: SupernetFamily | str) -> str:
     """The ``supernet`` column value of a family's LUT rows in the store."""
     return resolve_config(config).name + LUT_SUFFIX
 
 
 # ---------------------------------------------------------------------------------- entries
-@dataclass(frozen=True)
-class LutIndex:
-    """The distinct entries of a family and where each arch slot looks them up."""
-
-    keys: list[str]
-    entries: list[dict]
-    slot_idx: np.ndarray  # (slots, nk, ne, nr) -> entry index
-    stem_idx: np.ndarray  # (nr,)
-    head_idx: np.ndarray  # (nr,)
-    key_pos: dict[str, int] = field(default_factory=dict)
-
-
-def _block_entry(in_ch: int, out_ch: int, ks: int, mid: int, stride: int, act: str, se: bool, size: int) -> dict:
-    res = stride == 1 and in_ch == out_ch
-    key = f"mb-i{in_ch}-o{out_ch}-k{ks}-m{mid}-s{stride}-{act}-{'se' if se else 'nose'}-h{size}-{'res' if res else 'nores'}"
-    return {"key": key, "kind": "block", "in_ch": in_ch, "out_ch": out_ch, "ks": ks, "mid": mid, "stride": stride,
-            "act": act, "se": se, "size": size, "residual": res}
-
-
 @lru_cache(maxsize=16)
-def lut_index(config: MBv3Config) -> LutIndex:
-    c, sp = config, config.space
-    t = cost_table(config)
-    keys: list[str] = []
-    entries: list[dict] = []
-    pos: dict[str, int] = {}
-
-    def add(entry: dict) -> int:
-        k = entry["key"]
-        if k not in pos:
-            pos[k] = len(keys)
-            keys.append(k)
-            entries.append(entry)
-        return pos[k]
-
-    nk, ne, nr = len(sp.ks_list), len(sp.e_list), len(sp.resolutions)
-    slot_idx = np.zeros((sp.n_blocks, nk, ne, nr), dtype=np.int64)
-    stem_idx = np.zeros(nr, dtype=np.int64)
-    head_idx = np.zeros(nr, dtype=np.int64)
-    for ri, r in enumerate(sp.resolutions):
-        stem_idx[ri] = add({"key": f"stem-c{c.in_channels}-w{c.first_conv_width}-s{c.first_conv_stride}-"
-                                   f"b{c.first_block_width}-h{r}", "kind": "stem", "size": r})
-        for slot, info in enumerate(t.slots):
-            size = int(t.stage_in[info.stage, ri])
-            if info.index > 0:
-                size = conv_out(size, 3, c.stage_strides[info.stage])
-            for ki, ks in enumerate(sp.ks_list):
-                for ei, e in enumerate(sp.e_list):
-                    mid = mid_channels(info.in_ch, e)
-                    slot_idx[slot, ki, ei, ri] = add(
-                        _block_entry(info.in_ch, info.out_ch, ks, mid, info.stride, info.act, info.se, size))
-        fs = int(t.final_size[ri])
-        head_idx[ri] = add({"key": f"head-i{c.stage_widths[-1]}-f{c.final_expand_width}-m{c.feature_mix_width}-"
-                                   f"n{c.n_classes}-h{fs}", "kind": "head", "size": fs})
-    return LutIndex(keys, entries, slot_idx, stem_idx, head_idx, pos)
+def _keys(family: SupernetFamily) -> tuple[list[str], dict[str, int]]:
+    family.require("lut", "a block lookup table")
+    keys = [e["key"] for e in family.lut_entries()]
+    return keys, {k: i for i, k in enumerate(keys)}
 
 
-def entries_for(config: MBv3Config | str, V: np.ndarray) -> list[int]:
+def entries_for(family: Any, V: np.ndarray) -> list[int]:
     """Entry indices the archs of gene matrix ``V`` use (to build a partial table)."""
-    cfg = resolve_config(config)
-    idx = lut_index(cfg)
-    t = cost_table(cfg)
-    ks, e, _, r, mask = t.split_vectors(V)
-    used = set(idx.stem_idx[r].tolist()) | set(idx.head_idx[r].tolist())
-    flat = idx.slot_idx[np.arange(t.n_slots)[None, :], ks, e, r[:, None]]
-    used |= set(flat[mask].tolist())
-    return sorted(used)
-
-
-def entry_module(config: MBv3Config, entry: Mapping[str, Any]) -> tuple[Any, tuple[int, int, int]]:
-    """A static ``nn.Module`` for one LUT entry and its input shape (C, H, W)."""
-    import torch
-    from torch import nn
-
-    from hwnas.supernet.layers import ConvLayer, LinearLayer, MBConvLayer, ResidualBlock
-
-    c = config
-    kind, size = entry["kind"], int(entry["size"])
-    if kind == "block":
-        layer = MBConvLayer(entry["in_ch"], entry["out_ch"], entry["ks"], entry["stride"], entry["mid"],
-                            entry["act"], entry["se"])
-        return ResidualBlock(layer, entry["residual"]).eval(), (entry["in_ch"], size, size)
-    if kind == "stem":
-        first = MBConvLayer(c.first_conv_width, c.first_block_width, 3, 1, None, "relu", False)
-        m = nn.Sequential(ConvLayer(c.in_channels, c.first_conv_width, 3, c.first_conv_stride, "h_swish"),
-                          ResidualBlock(first, c.first_conv_width == c.first_block_width))
-        return m.eval(), (c.in_channels, size, size)
-    if kind == "head":
-        class Head(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.final_expand_layer = ConvLayer(c.stage_widths[-1], c.final_expand_width, 1, 1, "h_swish")
-                self.feature_mix_layer = ConvLayer(c.final_expand_width, c.feature_mix_width, 1, 1, "h_swish",
-                                                   use_bn=False, bias=False)
-                self.classifier = LinearLayer(c.feature_mix_width, c.n_classes, 0.0)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                x = self.final_expand_layer(x)
-                x = x.mean((2, 3), keepdim=True)
-                x = self.feature_mix_layer(x)
-                return self.classifier(torch.flatten(x, 1))
-
-        return Head().eval(), (c.stage_widths[-1], size, size)
-    raise PredictorError(f"unknown LUT entry kind {kind!r}")
+    fam = resolve_config(family)
+    _keys(fam)
+    used = fam.lut_usage(V)
+    return sorted(set(used[used >= 0].tolist()))
 
 
 # ---------------------------------------------------------------------------------- the table
 class LatencyTable:
     """Measured milliseconds of each LUT entry of one family on one device."""
 
-    def __init__(self, supernet: MBv3Config | str, values_ms: Mapping[str, float], fp_hash: str = "",
+    def __init__(self, supernet: SupernetFamily | str, values_ms: Mapping[str, float], fp_hash: str = "",
                  device: str = ""):
         self.config = resolve_config(supernet)
         self.fp_hash = fp_hash
         self.device = device
-        idx = lut_index(self.config)
-        self.values = np.array([float(values_ms.get(k, np.nan)) for k in idx.keys], dtype=np.float64)
-        unknown = sorted(set(values_ms) - set(idx.key_pos))
+        keys, pos = _keys(self.config)
+        self.values = np.array([float(values_ms.get(k, np.nan)) for k in keys], dtype=np.float64)
+        unknown = sorted(set(values_ms) - set(pos))
         if unknown:
             raise PredictorError(f"LUT holds {len(unknown)} entries that family {self.config.name} does not have "
                                  f"(e.g. {unknown[0]}); it was built for another family")
-        self._flat_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def n_missing(self) -> int:
         return int(np.isnan(self.values).sum())
 
-    def _flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._flat_cache is None:
-            idx = lut_index(self.config)
-            slot = np.append(self.values[idx.slot_idx].ravel(), 0.0)
-            self._flat_cache = (slot, self.values[idx.stem_idx], self.values[idx.head_idx])
-        return self._flat_cache
-
     def sum_vectors(self, V: np.ndarray) -> np.ndarray:
-        """LUT latency (ms) of every arch of the gene matrix ``V``: stem + blocks that run + head."""
-        t = cost_table(self.config)
-        ks, e, _, r, mask = t.split_vectors(V)
-        slot, stem, head = self._flat()
-        total = slot[t.flat_index(ks, e, r, mask)].sum(axis=1) + stem[r] + head[r]
+        """LUT latency (ms) of every arch of the gene matrix ``V``: the sum of the entries it uses."""
+        padded = np.append(self.values, 0.0)  # a trailing 0, where the -1 padding of ``lut_usage`` points
+        total = padded[self.config.lut_usage(np.asarray(V))].sum(axis=1)
         if np.isnan(total).any():
             raise PredictorError(f"the LUT lacks entries some archs use ({self.n_missing} of {len(self.values)} "
                                  "entries unmeasured); build it for the whole space")
         return total
 
     def to_state(self) -> dict[str, Any]:
-        keys = lut_index(self.config).keys
+        keys = _keys(self.config)[0]
         ok = ~np.isnan(self.values)
         return {"supernet": self.config.name, "fp_hash": self.fp_hash, "device": self.device,
                 "keys": [k for k, o in zip(keys, ok) if o], "values_ms": self.values[ok]}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], supernet: MBv3Config | str | None = None) -> "LatencyTable":
+    def from_state(cls, state: Mapping[str, Any], supernet: SupernetFamily | str | None = None) -> "LatencyTable":
         vals = np.asarray(state["values_ms"], dtype=np.float64)
         return cls(supernet if supernet is not None else state["supernet"], dict(zip(state["keys"], vals.tolist())),
                    fp_hash=state.get("fp_hash", ""), device=state.get("device", ""))
 
     @classmethod
-    def from_store(cls, store: Any, supernet: MBv3Config | str, fp_hash: str, device: str = "",
+    def from_store(cls, store: Any, supernet: SupernetFamily | str, fp_hash: str, device: str = "",
                    stat: str = DEFAULT_LUT_STAT) -> "LatencyTable":
         """The table from the store's ``<family>:lut`` rows of fingerprint ``fp_hash``.
 
@@ -220,14 +117,16 @@ def save_table(table: LatencyTable, path: str | Path) -> Path:
     record per entry (its key, block configuration and milliseconds).  Atomic, like ``save_predictor``."""
     import json
 
-    from hwnas.predictors.artifacts import _config_dict, atomic_write_text
+    from hwnas.io import atomic_write_text
+    from hwnas.predictors.artifacts import _config_dict
     from hwnas.predictors.features import FEATURE_VERSION
 
-    idx = lut_index(table.config)
-    entries = [{**idx.entries[i], "ms": float(v)} for i, v in enumerate(table.values) if not np.isnan(v)]
+    all_entries = table.config.lut_entries()
+    entries = [{**all_entries[i], "ms": float(v)} for i, v in enumerate(table.values) if not np.isnan(v)]
     doc = {"format": LUT_FORMAT, "format_version": 1, "supernet": table.config.name,
-           "supernet_config": _config_dict(table.config), "feature_version": FEATURE_VERSION,
-           "device": table.device, "fp_hash": table.fp_hash, "n_entries": len(idx.keys), "entries": entries}
+           "supernet_kind": table.config.kind, "supernet_config": _config_dict(table.config),
+           "feature_version": FEATURE_VERSION, "device": table.device, "fp_hash": table.fp_hash,
+           "n_entries": len(all_entries), "entries": entries}
     p = Path(path)
     atomic_write_text(p, json.dumps(doc, indent=1, allow_nan=False))
     return p
@@ -261,13 +160,13 @@ def load_table(path: str | Path, *, expect_supernet: str | None = None,
         if _config_dict(cfg) != doc.get("supernet_config"):
             raise PredictorError(f"LUT {p} was built on a different layout of supernet {name}; rebuild it")
     except UnknownSupernetError:
-        cfg = config_from_dict(doc.get("supernet_config") or {})
+        cfg = config_from_dict(doc.get("supernet_config") or {}, doc.get("supernet_kind"))
     return LatencyTable(cfg, {e["key"]: e["ms"] for e in doc.get("entries", [])}, fp_hash=doc.get("fp_hash", ""),
                         device=doc.get("device", ""))
 
 
 def build_latency_table(
-    supernet: MBv3Config | str,
+    supernet: SupernetFamily | str,
     device: Any,
     store: Any,
     *,
@@ -285,18 +184,19 @@ def build_latency_table(
     """
     from hwnas.devices.profile import profile_archs
     from hwnas.devices.spec import DeviceSpec, load_device
-    from hwnas.export.onnx_export import export_onnx
+    from hwnas.formats.onnx_export import export_onnx
     from hwnas.predictors.features import as_vectors
 
     cfg = resolve_config(supernet)
     spec = device if isinstance(device, DeviceSpec) else load_device(device)
-    idx = lut_index(cfg)
-    wanted = range(len(idx.keys)) if archs is None else entries_for(cfg, as_vectors(cfg, archs))
-    todo = [(idx.keys[i], idx.entries[i]) for i in wanted]
+    keys, _ = _keys(cfg)
+    all_entries = cfg.lut_entries()
+    wanted = range(len(keys)) if archs is None else entries_for(cfg, as_vectors(cfg, archs))
+    todo = [(keys[i], all_entries[i]) for i in wanted]
     torch_backend = spec.backend.startswith("torch")
     with tempfile.TemporaryDirectory(prefix="hwnas-lut-", dir=workdir) as tmp:
         def build(entry: dict) -> tuple[Any, Any]:
-            module, shape = entry_module(cfg, entry)
+            module, shape = cfg.lut_entry_module(entry)
             if torch_backend:
                 return module, (spec.batch, *shape)
             path = Path(tmp) / f"{entry['key']}.onnx"
@@ -312,7 +212,7 @@ def build_latency_table(
     return table, summary
 
 
-def _as_table(table: Any, config: MBv3Config) -> LatencyTable:
+def _as_table(table: Any, config: SupernetFamily) -> LatencyTable:
     if isinstance(table, LatencyTable):
         if table.config.name != config.name:
             raise PredictorError(f"the LUT was built for {table.config.name}, not {config.name}")
@@ -346,8 +246,15 @@ class LUTPredictor(Predictor):
     def _design(self, V: np.ndarray, mode: str) -> np.ndarray:
         s = _as_table(self.table, self.config).sum_vectors(V)
         cols = {"scale": [s], "affine": [np.ones_like(s), s],
-                "blocks": [np.ones_like(s), s, cost_table(self.config).cost_vectors(V)["n_blocks"]]}[mode]
+                "blocks": [np.ones_like(s), s, self._n_blocks(V)]}[mode]
         return np.stack(cols, axis=1)
+
+    def _n_blocks(self, V: np.ndarray) -> np.ndarray:
+        """Blocks each network runs (the family's ``n_blocks`` cost, else the entries it sums)."""
+        c = self.family.cost_vectors(V)
+        if "n_blocks" in c:
+            return np.asarray(c["n_blocks"], dtype=np.float64)
+        return (self.family.lut_usage(V) >= 0).sum(axis=1).astype(np.float64)
 
     def _fit(self, V: np.ndarray, y: np.ndarray) -> None:
         mode = self.offset
@@ -418,5 +325,5 @@ class HybridPredictor(XGBPredictor):
         super()._set_state(state)
 
 
-__all__ = ["HybridPredictor", "LUTPredictor", "LatencyTable", "LutIndex", "build_latency_table", "entries_for",
-           "entry_module", "load_table", "lut_index", "lut_store_name", "save_table"]
+__all__ = ["HybridPredictor", "LUTPredictor", "LatencyTable", "build_latency_table", "entries_for", "load_table",
+           "lut_store_name", "save_table"]

@@ -2,7 +2,7 @@
 baselines and Pareto outputs.
 
 Predictors plug in through one protocol: a callable on the ``(N, L)`` integer gene matrix of
-``ArchSpace.encode`` (canonical: ignored block slots at the smallest choice) returning ``(N,)``
+``space.encode`` (canonical: genes without effect at their fixed choice, ``space.canonicalize``) returning ``(N,)``
 floats: ``predict_accuracy``, ``predict_latency`` (ms) and optional extra objectives (minimized).
 """
 

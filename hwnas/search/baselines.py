@@ -23,7 +23,7 @@ from pymoo.indicators.hv import HV
 
 from hwnas.errors import SearchError
 from hwnas.search.problem import VectorFn, canonicalize, nondominated, search_front
-from hwnas.supernet.arch import ArchSpace
+from hwnas.supernet.family import SearchSpace
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +102,7 @@ def _front(method: str, X: np.ndarray, acc: np.ndarray, lat: np.ndarray, n_evals
 
 
 def random_search(
-    space: ArchSpace,
+    space: SearchSpace,
     predict_accuracy: VectorFn,
     predict_latency: VectorFn,
     n_evals: int,
@@ -138,7 +138,7 @@ class EvolutionResult:
 
 
 def evolution_search(
-    space: ArchSpace,
+    space: SearchSpace,
     predict_accuracy: VectorFn,
     predict_latency: VectorFn,
     budget_ms: float,
@@ -223,7 +223,7 @@ def sweep_budgets(lat_min: float, lat_max: float, n: int = 6) -> np.ndarray:
 
 
 def evolution_sweep(
-    space: ArchSpace,
+    space: SearchSpace,
     predict_accuracy: VectorFn,
     predict_latency: VectorFn,
     budgets: Sequence[float],
@@ -265,7 +265,7 @@ def evolution_sweep(
 
 
 def nsga2_front(
-    space: ArchSpace,
+    space: SearchSpace,
     predict_accuracy: VectorFn,
     predict_latency: VectorFn,
     *,
@@ -283,7 +283,7 @@ def nsga2_front(
 
 
 def reference_point(
-    space: ArchSpace, predict_accuracy: VectorFn, predict_latency: VectorFn, margin: float = 0.05
+    space: SearchSpace, predict_accuracy: VectorFn, predict_latency: VectorFn, margin: float = 0.05
 ) -> dict[str, float]:
     """A fixed HV box from the smallest and largest archs: reference (worst) point at the smallest
     arch's accuracy and the largest arch's latency, widened by ``margin`` of the range; ideal point

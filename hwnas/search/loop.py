@@ -18,7 +18,7 @@ import numpy as np
 from hwnas.errors import SearchError
 from hwnas.search.problem import FrontSearch, VectorFn, canonicalize, search_front
 from hwnas.search.units import parse_latency
-from hwnas.supernet.arch import ArchSpace
+from hwnas.supernet.family import SearchSpace
 
 # measure(archs) -> one latency in ms per arch (nan where the arch could not be measured)
 MeasureFn = Callable[[list[dict]], Sequence[float]]
@@ -212,7 +212,7 @@ def select_candidates(
 
 
 def closed_loop_search(
-    space: ArchSpace,
+    space: SearchSpace,
     predict_accuracy: VectorFn,
     predict_latency: VectorFn,
     refit_latency: RefitFn | None,

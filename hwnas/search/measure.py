@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from hwnas.search.loop import MeasureFn
-from hwnas.supernet.arch import ArchSpace
+from hwnas.supernet.family import SearchSpace
 
 
 def device_measure(
@@ -13,7 +13,7 @@ def device_measure(
     spec: Any,
     build_model: Callable[[dict], tuple[Any, Any]],
     supernet_name: str,
-    space: ArchSpace,
+    space: SearchSpace,
     *,
     settings: Any = None,
     progress: Callable[[Any], None] | None = None,
@@ -25,8 +25,8 @@ def device_measure(
     Archs already in the store for this device fingerprint and runtime config are not measured
     again (``profile_archs`` resumes), so the smallest arch is timed once per device.  An arch whose
     model fails to build comes back as nan and the search goes on without it.  ``build_model`` is
-    ``hwnas.devices.profile.supernet_model_builder(net, spec.backend, workdir)`` or any
-    ``arch -> (onnx path | nn.Module, input shape | None)``.  ``anchor`` (``default_anchor(space)``)
+    ``hwnas.jobs.supernet_model_builder(net, spec.backend, workdir)`` or any
+    ``arch -> (onnx path | nn.Module, input shape | None)``.  ``anchor`` (``hwnas.jobs.anchor_of(family)``)
     turns on anchored timing, as ``hwnas profile`` does, so the checks match the profiled rows.
     """
     from hwnas.devices import load_device, profile_archs

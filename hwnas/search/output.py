@@ -1,7 +1,7 @@
 """Search outputs: Pareto front CSV/JSON, measured points, ``best.json``, a Pareto plot and a text table.
 
-Every file is written to a temporary name beside its target and renamed into place, so an
-interrupted run never leaves a half-written file.
+The files are written to temporary names beside their targets and renamed into place together
+(``hwnas.io.atomic_outputs``), so an interrupted run leaves neither a half-written file nor a partial set.
 """
 
 from __future__ import annotations
@@ -12,13 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from hwnas.export.onnx_export import atomic_output
+from hwnas.io import atomic_output, atomic_outputs
 from hwnas.search.loop import SearchResult
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
 
 
 def _json(obj: Any) -> str:
@@ -87,9 +82,15 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 def plot_front(result: SearchResult, path: str | Path) -> Path:
     """Predicted front, measured points, the budget line and the chosen arch; PNG via the Agg backend."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        _save_plot(result, tmp)
+    return path
+
+
+def _save_plot(result: SearchResult, path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global backend state
 
-    path = Path(path)
     scale = _pct_scale(result)
     unit = " (%)" if scale == 100.0 else ""
     fig = Figure(figsize=(7, 4.8), dpi=120)
@@ -127,9 +128,7 @@ def plot_front(result: SearchResult, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    fig.savefig(path, format="png")
 
 
 def format_table(result: SearchResult, max_rows: int = 12) -> str:
@@ -178,7 +177,6 @@ def write_outputs(result: SearchResult, out_dir: str | Path, *, plot: bool = Tru
     """Write ``front.csv``, ``front.json``, ``measured.csv``, ``result.json``, ``best.json``,
     ``pareto.png`` and ``summary.txt`` under ``out_dir``; return ``{name: path}``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fr, mr = front_rows(result), measured_rows(result)
     writers: dict[str, tuple[str, Callable[[], str]]] = {
         "front_csv": ("front.csv", lambda: _csv_text(fr)),
@@ -189,12 +187,16 @@ def write_outputs(result: SearchResult, out_dir: str | Path, *, plot: bool = Tru
         "best_json": ("best.json", lambda: _json(best_arch_dict(result))),
         "summary": ("summary.txt", lambda: format_table(result) + "\n"),
     }  # fmt: skip
-    paths: dict[str, str] = {}
-    for key, (name, make) in writers.items():
-        _write_text(out / name, make())
-        paths[key] = str(out / name)
+    texts = {key: (out / name, make()) for key, (name, make) in writers.items()}
+    targets = [p for p, _ in texts.values()] + ([out / "pareto.png"] if plot else [])
+    with atomic_outputs(*targets) as tmps:  # all files or none
+        for tmp, (_, text) in zip(tmps, texts.values()):
+            tmp.write_text(text, encoding="utf-8")
+        if plot:
+            _save_plot(result, tmps[-1])
+    paths = {key: str(p) for key, (p, _) in texts.items()}
     if plot:
-        paths["plot"] = str(plot_front(result, out / "pareto.png"))
+        paths["plot"] = str(out / "pareto.png")
     return paths
 
 

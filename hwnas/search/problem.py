@@ -1,7 +1,7 @@
 """The pymoo problem over an arch space's integer encoding, its operators, and one NSGA-II run.
 
 The search talks to predictors through a small protocol (``VectorFn``): a callable taking the
-``(N, L)`` integer gene matrix of ``ArchSpace.encode`` and returning ``(N,)`` floats.  The problem
+``(N, L)`` integer gene matrix of ``SearchSpace.encode`` and returning ``(N,)`` floats.  The problem
 calls each predictor once per population (vectorized), never per arch.
 
 Objectives (all minimized, in this order): ``-accuracy``, ``latency_ms``, then any extra objective
@@ -27,7 +27,7 @@ from pymoo.optimize import minimize
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from hwnas.errors import SearchError
-from hwnas.supernet.arch import ArchSpace
+from hwnas.supernet.family import SearchSpace
 
 # predict(X_int (N, L) int64) -> (N,) floats
 VectorFn = Callable[[np.ndarray], np.ndarray]
@@ -38,35 +38,28 @@ CROSSOVERS = ("uniform", "two-point")
 # ---------------------------------------------------------------------------------------------
 # encoding helpers
 # ---------------------------------------------------------------------------------------------
-def canonicalize(space: ArchSpace, X: np.ndarray) -> np.ndarray:
+def canonicalize(space: SearchSpace, X: np.ndarray) -> np.ndarray:
     """Repair an integer (or float) gene matrix: round, clip to ``[0, vector_upper]`` and set the
-    genes of ignored block slots (beyond each stage's depth) to the index of the smallest choice.
+    genes that have no effect to their fixed choice (``space.canonicalize``).
 
     Two rows that build the same network become equal, so pymoo's duplicate elimination on ``X``
     removes them.  Agrees row by row with ``space.encode(space.canonical(space.decode(x)))``.
     """
     X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        return canonicalize(space, X[None, :])[0]
-    if X.shape[1] != space.vector_length:
-        raise SearchError(f"gene matrix has {X.shape[1]} columns; space {space.name!r} needs {space.vector_length}")
-    Xi = np.clip(np.rint(X), 0, space.vector_upper).astype(np.int64)
-    nb, ns, md = space.n_blocks, space.n_stages, space.max_depth
-    depth = np.asarray(space.d_list, dtype=np.int64)[Xi[:, 2 * nb : 2 * nb + ns]]  # (N, ns)
-    ignored = (np.arange(md)[None, None, :] >= depth[:, :, None]).reshape(len(Xi), nb)
-    Xi[:, :nb][ignored] = int(np.argmin(space.ks_list))
-    Xi[:, nb : 2 * nb][ignored] = int(np.argmin(space.e_list))
-    return Xi
+    cols = X.shape[-1] if X.ndim else 0
+    if X.ndim not in (1, 2) or cols != space.vector_length:
+        raise SearchError(f"gene matrix has {cols} columns; space {space.name!r} needs {space.vector_length}")
+    return space.canonicalize(X)
 
 
-def encode_archs(space: ArchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def encode_archs(space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """Canonical gene matrix of a list of arch dicts."""
     if not archs:
         return np.zeros((0, space.vector_length), dtype=np.int64)
     return canonicalize(space, np.stack([space.encode(a) for a in archs]))
 
 
-def decode_rows(space: ArchSpace, X: np.ndarray) -> list[dict]:
+def decode_rows(space: SearchSpace, X: np.ndarray) -> list[dict]:
     """Canonical arch dicts of a gene matrix."""
     return [space.decode(x) for x in canonicalize(space, np.atleast_2d(X))]
 
@@ -116,7 +109,7 @@ class SubnetProblem(Problem):
 
     def __init__(
         self,
-        space: ArchSpace,
+        space: SearchSpace,
         predict_accuracy: VectorFn,
         predict_latency: VectorFn,
         *,
@@ -202,7 +195,7 @@ class AnchoredSampling(Sampling):
 
 
 def make_nsga2(
-    space: ArchSpace,
+    space: SearchSpace,
     pop_size: int = 64,
     *,
     crossover: str = "uniform",
@@ -281,7 +274,7 @@ class FrontSearch:
 
 
 def search_front(
-    space: ArchSpace,
+    space: SearchSpace,
     predict_accuracy: VectorFn,
     predict_latency: VectorFn,
     *,

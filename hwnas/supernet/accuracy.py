@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from hwnas.errors import DataError
-from hwnas.supernet.arch import parse_arch
+from hwnas.supernet.family import parse_arch
 from hwnas.supernet.evaluate import EvalData, evaluate_arch
 from hwnas.supernet.registry import create_supernet
 
@@ -49,8 +49,8 @@ def evaluate_job(supernet: str, weights: str | None, arch: str | None, samples: 
     net = create_supernet(supernet, weights=weights)
     if net.weights_hash == "init":
         raise DataError(f"supernet {supernet} has no trained weights here; pass --weights PATH")
-    if net.config.dataset != "fashion-mnist":
-        raise DataError(f"accuracy evaluation needs the family's dataset; {supernet} ({net.config.dataset}) "
+    if net.family.dataset != "fashion-mnist":
+        raise DataError(f"accuracy evaluation needs the family's dataset; {supernet} ({net.family.dataset}) "
                         "has none shipped here")
     data = EvalData.load(split, data_dir)
     n_images = len(data.labels)

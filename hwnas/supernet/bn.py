@@ -2,7 +2,7 @@
 
 Weight sharing leaves the supernet's running BN statistics describing a mix of subnets, so each
 subnet's statistics are re-estimated on real training images before it is evaluated or exported
-(Once-for-All recalibrates on 2,000 training images; so do we, from ``calibration_data/``).
+(Once-for-All recalibrates on 2,000 training images; so do we, from ``hwnas/resources/calibration_data/``).
 """
 
 from __future__ import annotations

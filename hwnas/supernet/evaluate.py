@@ -13,8 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from hwnas.supernet.bn import recalibrate_bn
-from hwnas.supernet.ofa_mbv3 import OFAMobileNetV3
+from hwnas.supernet.family import SupernetModule
 
 
 @dataclass
@@ -50,11 +49,10 @@ class EvalData:
 
 
 @torch.no_grad()
-def prepare_subnet(supernet: OFAMobileNetV3, arch: Mapping[str, Any], calib: torch.Tensor,
+def prepare_subnet(supernet: SupernetModule, arch: Mapping[str, Any], calib: torch.Tensor,
                    batch_size: int = 500) -> torch.nn.Module:
-    """Extract ``arch`` and recalibrate its BN statistics on ``calib`` (already at the arch's resolution)."""
-    net = supernet.extract(arch).to(memory_format=torch.channels_last)
-    recalibrate_bn(net, calib.split(batch_size))
+    """Extract ``arch`` with its normalization recalibrated on ``calib`` (already at the arch's resolution)."""
+    net = supernet.extract(arch, calibration=calib.split(batch_size)).to(memory_format=torch.channels_last)
     return net.eval()
 
 
@@ -67,14 +65,14 @@ def top1(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(y)
 
 
-def evaluate_arch(supernet: OFAMobileNetV3, arch: Mapping[str, Any], data: EvalData) -> float:
+def evaluate_arch(supernet: SupernetModule, arch: Mapping[str, Any], data: EvalData) -> float:
     a = supernet.space.normalize(arch)
-    x, calib = data.tensors(a["r"])
+    x, calib = data.tensors(supernet.family.resolution(a))
     net = prepare_subnet(supernet, a, calib, data.batch_size)
     return top1(net, x, data.labels, data.batch_size)
 
 
-def evaluate_many(supernet: OFAMobileNetV3, archs: Iterable[Mapping[str, Any]], data: EvalData,
+def evaluate_many(supernet: SupernetModule, archs: Iterable[Mapping[str, Any]], data: EvalData,
                   on_result: Callable[[dict, float, float], None] | None = None) -> list[float]:
     """Evaluate archs in turn; ``on_result(arch, accuracy, seconds)`` is called after each (to store it)."""
     out = []

@@ -1,78 +1,100 @@
-"""Supernet families by name (timm's ``create_model`` pattern) and weight loading."""
+"""Supernet families by name (timm's ``create_model`` pattern) and checkpoint loading.
+
+A family module registers an entry point returning a ``SupernetFamily``::
+
+    @register_supernet("my_family")
+    def my_family() -> SupernetFamily: ...
+
+Every module under ``hwnas/supernet/families/`` is imported on first lookup, so adding a family is
+one new file there (or any module imported before use that calls ``register_supernet``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import pkgutil
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import Any, Callable
 
 from hwnas.errors import CheckpointError, UnknownSupernetError
-from hwnas.supernet.ofa_mbv3 import MBv3Config, OFAMobileNetV3, ofa_imagenet_config
 
-_FAMILIES: dict[str, Callable[[], MBv3Config]] = {}
+_ENTRY_POINTS: dict[str, Callable[[], Any]] = {}
+_FAMILY_KINDS: dict[str, type] = {}
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 DEFAULT_SUPERNET = "mbv3_fmnist"
+_loaded = False
 
 
 def register_supernet(name: str):
-    def deco(fn: Callable[[], MBv3Config]):
-        _FAMILIES[name] = fn
+    """Decorator: register ``fn() -> SupernetFamily`` under ``name`` (its family class is recorded too,
+    so artifacts of an unregistered layout of that class can be read back)."""
+
+    def deco(fn: Callable[[], Any]):
+        _ENTRY_POINTS[name] = fn
+        get_family.cache_clear()
         return fn
 
     return deco
 
 
+def register_family_kind(cls: type) -> type:
+    """Record a family class by its ``kind`` (what artifacts store beside the layout)."""
+    _FAMILY_KINDS[cls.kind] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import hwnas.supernet.families as fams
+
+    for mod in pkgutil.iter_modules(fams.__path__):
+        importlib.import_module(f"{fams.__name__}.{mod.name}")
+
+
 def list_supernets() -> list[str]:
-    return sorted(_FAMILIES)
+    _load_builtin()
+    return sorted(_ENTRY_POINTS)
 
 
-def get_config(name: str) -> MBv3Config:
-    if name not in _FAMILIES:
+@lru_cache(maxsize=None)
+def get_family(name: str):
+    """The registered family ``name`` (``UnknownSupernetError`` lists the choices)."""
+    _load_builtin()
+    if name not in _ENTRY_POINTS:
         raise UnknownSupernetError(f"unknown supernet {name!r}; choose one of: {', '.join(list_supernets())}")
-    return _FAMILIES[name]()
+    fam = _ENTRY_POINTS[name]()
+    if fam.name != name:
+        raise UnknownSupernetError(f"supernet entry point {name!r} built a family named {fam.name!r}")
+    _FAMILY_KINDS.setdefault(type(fam).kind, type(fam))
+    return fam
 
 
-@register_supernet("ofa_mbv3_w1.0")
-def _ofa_w10() -> MBv3Config:
-    return ofa_imagenet_config(1.0)
+def resolve_family(obj: Any):
+    """A family from a family, a registered name, or a supernet module (its ``family``)."""
+    from hwnas.supernet.family import SupernetFamily
+
+    if isinstance(obj, SupernetFamily):
+        return obj
+    fam = getattr(obj, "family", None)
+    if isinstance(fam, SupernetFamily):
+        return fam
+    return get_family(str(obj))
 
 
-@register_supernet("ofa_mbv3_w1.2")
-def _ofa_w12() -> MBv3Config:
-    return ofa_imagenet_config(1.2)
-
-
-@register_supernet("mbv3_fmnist")
-def _fmnist() -> MBv3Config:
-    """Small family for 1-channel 28x28 images (Fashion-MNIST); trains on a 2-core CPU.
-
-    At r=28 the feature maps go 28 -> 14 -> 7 -> 7 -> 4; resolutions 20/24/28 trade accuracy
-    for latency, as do kernel 3/5/7, expand 2/3/4 and depth 1/2/3 per stage.
-    """
-    return MBv3Config(
-        name="mbv3_fmnist",
-        in_channels=1,
-        n_classes=10,
-        first_conv_width=16,
-        first_conv_stride=1,
-        first_block_width=16,
-        stage_widths=(24, 40, 64, 96),
-        stage_strides=(2, 2, 1, 2),
-        stage_acts=("relu", "relu", "h_swish", "h_swish"),
-        stage_se=(False, True, False, True),
-        final_expand_width=256,
-        feature_mix_width=512,
-        ks_list=(3, 5, 7),
-        e_list=(2, 3, 4),
-        d_list=(1, 2, 3),
-        resolutions=(20, 24, 28),
-        dropout=0.1,
-        mean=(0.28618128,),
-        std=(0.35307522,),
-        dataset="fashion-mnist",
-    )
+def family_from_config(kind: str, config: dict):
+    """Rebuild a family of class ``kind`` from its stored ``config_dict`` (an unregistered layout)."""
+    _load_builtin()
+    for name in list(_ENTRY_POINTS):  # instantiating the entry points records their classes
+        get_family(name)
+    cls = _FAMILY_KINDS.get(kind)
+    if cls is None or not hasattr(cls, "from_config_dict"):
+        raise UnknownSupernetError(f"family kind {kind!r} is not known here; known: {', '.join(sorted(_FAMILY_KINDS))}")
+    return cls.from_config_dict(config)
 
 
 def default_weights_path(name: str) -> Path | None:
@@ -88,36 +110,32 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def create_supernet(name: str, weights: str | Path | None = None, pretrained: bool = True) -> OFAMobileNetV3:
-    """Build a family by name; load ``weights`` if given, else the shipped weights if any.
+def create_supernet(name: Any, weights: str | Path | None = None, pretrained: bool = True):
+    """Build a family's torch supernet by name (or from a family); load ``weights`` if given, else the
+    shipped weights if any.
 
     ``pretrained=False`` returns freshly initialized weights (enough for latency work, which does
     not depend on weight values).
     """
-    cfg = get_config(name)
-    net = OFAMobileNetV3(cfg)
-    net.weights_path = None  # type: ignore[attr-defined]
-    net.weights_hash = "init"  # type: ignore[attr-defined]
-    path = Path(weights) if weights is not None else (default_weights_path(name) if pretrained else None)
+    family = resolve_family(name)
+    net = family.build()
+    net.family = family
+    net.weights_path = None
+    net.weights_hash = "init"
+    path = Path(weights) if weights is not None else (default_weights_path(family.name) if pretrained else None)
     if path is not None:
         load_weights(net, path)
-        net.weights_path = str(path)  # type: ignore[attr-defined]
-        net.weights_hash = file_sha256(path)[:16]  # type: ignore[attr-defined]
+        net.weights_path = str(path)
+        net.weights_hash = file_sha256(path)[:16]
     net.eval()
     return net
 
 
-def _clean_state_dict(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("module."):
-            k = k[len("module."):]
-        k = k.replace(".mobile_inverted_conv.", ".conv.")
-        out[k] = v
-    return out
+def read_state_dict(path: str | Path, family: Any = None) -> dict:
+    """The tensors of a checkpoint (bare or under ``"state_dict"``), loaded with ``weights_only=True``;
+    key spellings are mapped to ``family``'s when given."""
+    import torch
 
-
-def read_state_dict(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"weights file {p} does not exist; pass the path of a .pt/.pth state dict")
@@ -132,28 +150,39 @@ def read_state_dict(path: str | Path) -> dict:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"weights file {p} does not hold a state dict (a mapping of names to tensors)")
-    return _clean_state_dict(obj)
+    if family is not None:
+        return resolve_family(family).clean_state_dict(obj)
+    return obj
+
+
+@lru_cache(maxsize=None)
+def _reference_shapes(name: str) -> dict:
+    net = get_family(name).build()
+    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 def guess_family(sd: dict) -> str | None:
     """The registered family whose parameter names and shapes match ``sd`` exactly, if any."""
     for name in list_supernets():
-        ref = OFAMobileNetV3(get_config(name)).state_dict()
-        keys = {k for k in ref if not k.endswith("num_batches_tracked")}
-        got = {k for k in sd if not k.endswith("num_batches_tracked")}
-        if keys == got and all(ref[k].shape == sd[k].shape for k in keys):
+        fam = get_family(name)
+        got = {k: tuple(v.shape) for k, v in fam.clean_state_dict(dict(sd)).items()
+               if not k.endswith("num_batches_tracked")}
+        if got == _reference_shapes(name):
             return name
     return None
 
 
-def load_weights(net: OFAMobileNetV3, path: str | Path) -> None:
-    sd = read_state_dict(path)
+def load_weights(net: Any, path: str | Path) -> None:
+    """Load a checkpoint into ``net`` with every key accounted for, or one ``CheckpointError`` line
+    naming what is missing, unexpected or mis-shaped and, when it fits another family, which."""
+    raw = read_state_dict(path)
+    sd = net.family.clean_state_dict(raw)
     ref = net.state_dict()
     missing = [k for k in ref if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in ref]
     shape_bad = [k for k in ref if k in sd and sd[k].shape != ref[k].shape]
     if missing or unexpected or shape_bad:
-        other = guess_family(sd)
+        other = guess_family(raw)
         hint = f"it matches family {other!r}: pass --supernet {other}" if other else \
             "it matches no registered family"
         detail = []
@@ -165,9 +194,14 @@ def load_weights(net: OFAMobileNetV3, path: str | Path) -> None:
             k = shape_bad[0]
             detail.append(f"{len(shape_bad)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(ref[k].shape)})")
         raise CheckpointError(
-            f"weights file {path} is not a {net.config.name} checkpoint: {'; '.join(detail)}; {hint}"
+            f"weights file {path} is not a {net.family.name} checkpoint: {'; '.join(detail)}; {hint}"
         )
     for k in ref:
         if k not in sd:  # num_batches_tracked absent from old checkpoints
             sd[k] = ref[k]
     net.load_state_dict({k: sd[k] for k in ref}, strict=True)
+
+
+__all__ = ["DEFAULT_SUPERNET", "create_supernet", "default_weights_path", "family_from_config", "file_sha256",
+           "get_family", "guess_family", "list_supernets", "load_weights", "read_state_dict", "register_family_kind",
+           "register_supernet", "resolve_family"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.errors import CheckpointError
+from hwnas.io import atomic_output, atomic_write_json
 from hwnas.supernet.registry import create_supernet
 
 
@@ -64,9 +64,8 @@ def _resize(x: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _pick_device(name: str) -> torch.device:
@@ -134,7 +133,7 @@ def train_supernet(cfg: TrainConfig, out_dir: str | Path, data_dir: str | None =
 
     steps_done_now = 0
     summary: dict = {}
-    max_r = max(space.resolutions)
+    max_r = net.family.resolution(space.max_arch())
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         t_epoch, loss_sum, n_loss = time.perf_counter(), 0.0, 0
@@ -164,7 +163,7 @@ def train_supernet(cfg: TrainConfig, out_dir: str | Path, data_dir: str | None =
             archs = [space.min_arch()] + [space.sample(rng) for _ in range(cfg.n_random)]
             for a in archs:
                 net.set_active(a)
-                out_s = net(_resize(x, a["r"]))
+                out_s = net(_resize(x, net.family.resolution(a)))
                 kd = torch.sum(-soft * F.log_softmax(out_s, dim=1), dim=1).mean()
                 kd.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -191,5 +190,5 @@ def train_supernet(cfg: TrainConfig, out_dir: str | Path, data_dir: str | None =
     sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     _atomic_save(sd, out / "supernet.pt")
     summary = dict(summary, config=cfg.to_dict(), train_seconds=round(elapsed, 1), device=str(device))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary, indent=2)
     return summary

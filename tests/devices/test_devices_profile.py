@@ -17,7 +17,7 @@ from hwnas.devices import ProtocolSettings, Store, load_device, profile_archs, p
 from hwnas.devices.backends import ModelKindError
 from hwnas.devices.profile import ProfileError, visit_settings
 from hwnas.errors import ModelFileError
-from hwnas.supernet.arch import ArchSpace
+from hwnas.supernet.families.mbv3 import ArchSpace
 
 HERE = Path(__file__).resolve().parent
 FAST = ProtocolSettings(warmup_runs=3, warmup_s=0.01, min_runs=10, time_cap_s=0.2)

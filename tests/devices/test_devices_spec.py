@@ -10,7 +10,7 @@ import pytest
 from devices_agent_support import free_port
 from hwnas.devices import list_devices, load_device
 from hwnas.devices.backends import runtime_config
-from hwnas.devices.spec import REPO_DEVICES_DIR, DeviceSpec, DeviceSpecError
+from hwnas.devices.spec import SHIPPED_DEVICES_DIR, DeviceSpec, DeviceSpecError
 from hwnas.errors import HwnasError, UnknownBackendError, UnknownDeviceError
 
 SHIPPED = ["edge-rpi", "ort-cpu", "ort-cpu-1t", "ort-cuda", "ort-trt", "tensorrt", "torch-cpu", "torch-cuda"]
@@ -44,7 +44,7 @@ def test_ort_cpu_1t_fields() -> None:
     assert spec.options["intra_op_threads"] == 1
     assert spec.options["execution_mode"] == "sequential"
     assert spec.precision == "fp32"
-    assert Path(spec.source) == REPO_DEVICES_DIR / "ort-cpu-1t.toml"
+    assert Path(spec.source) == SHIPPED_DEVICES_DIR / "ort-cpu-1t.toml"
 
 
 def test_edge_spec_has_address_and_token_env() -> None:

@@ -12,11 +12,15 @@ import pytest
 import torch
 
 from hwnas.errors import DataError, DeviceUnavailableError, ExportError
-from hwnas.export import engines
-from hwnas.export.api import export_subnet
-from hwnas.export.engines import (compare_fp32_int8, default_fp32_path, is_qdq_model, quantize_qdq, resolve_excludes,
-                                  tensorrt_unavailable_reason, trtexec_command)
-from hwnas.export.onnx_export import load_session
+from hwnas.formats import common as api
+from hwnas.formats import export_subnet
+from hwnas.formats import onnx as onnx_fmt
+from hwnas.formats import onnx_int8 as engines
+from hwnas.formats import tensorrt as trt_fmt
+from hwnas.formats.common import default_fp32_path
+from hwnas.formats.onnx_int8 import compare_fp32_int8, is_qdq_model, quantize_qdq, resolve_excludes
+from hwnas.formats.tensorrt import tensorrt_unavailable_reason, trtexec_command
+from hwnas.formats.onnx_export import load_session
 from hwnas.supernet.registry import create_supernet
 from export_support import randomize
 
@@ -55,7 +59,6 @@ def int8_export(tmp_path_factory, weights, arch):
 @pytest.fixture
 def small_val(monkeypatch):
     """The first 1,000 validation images only, for tests about files rather than accuracy (speed)."""
-    from hwnas.export import api
 
     full = api.val_data
 
@@ -63,7 +66,8 @@ def small_val(monkeypatch):
         x, y, _ = full(net, r)
         return x[:1000], y[:1000], "fashion-mnist val (first 1000 images)"
 
-    monkeypatch.setattr(api, "val_data", val_data)
+    for mod in (api, onnx_fmt, engines, trt_fmt):  # each format module holds its own reference
+        monkeypatch.setattr(mod, "val_data", val_data)
 
 
 def _no_partials(d: Path):
@@ -145,8 +149,13 @@ def test_unavailable_device_fails_before_writing(tmp_path, weights, arch):
 def test_exclusions_keep_nodes_in_fp32(int8_export, tmp_path):
     d, _ = int8_export
     model = onnx.load(str(d / "model.fp32.onnx"))
-    groups = resolve_excludes(model, ["se", "classifier", "Gemm"])
+    from hwnas.supernet.registry import get_family
+
+    node_groups = get_family(SUPERNET).node_groups  # the family names its groups (SE gates here)
+    groups = resolve_excludes(model, ["se", "classifier", "Gemm"], node_groups)
     assert groups["se"] and groups["classifier"] == groups["Gemm"]
+    with pytest.raises(ExportError, match="matches no node"):
+        resolve_excludes(model, ["se"])  # without the family's groups 'se' is no group
     with pytest.raises(ExportError, match="matches no node"):
         resolve_excludes(model, ["no_such_node"])
     x = np.random.default_rng(0).standard_normal((64, 1, 20, 20)).astype(np.float32)
@@ -264,8 +273,8 @@ def test_engine_build_failure_leaves_no_engine(tmp_path, weights, arch, monkeypa
         Path(engine_path).write_bytes(b"half an engine")
         raise ExportError("TensorRT failed to build an engine")
 
-    monkeypatch.setattr(engines, "tensorrt_unavailable_reason", lambda: None)
-    monkeypatch.setattr(engines, "build_engine", half_build)
+    monkeypatch.setattr(trt_fmt, "tensorrt_unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_fmt, "build_engine", half_build)
     with pytest.raises(ExportError, match="failed to build"):
         export_subnet(arch, tmp_path / "m.engine", SUPERNET, weights, fmt="tensorrt", precision="fp16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
@@ -306,9 +315,9 @@ def test_engine_path_end_to_end_with_a_stand_in_for_tensorrt(tmp_path, weights, 
         assert Path(engine_path).read_bytes() == b"serialized engine" and spec.backend == "tensorrt"
         return create_backend(load_device("ort-cpu-1t"), model=onnx_path)
 
-    monkeypatch.setattr(engines, "tensorrt_unavailable_reason", lambda: None)
-    monkeypatch.setattr(engines, "build_engine", fake_build)
-    monkeypatch.setattr(engines, "_engine_backend", fake_backend)
+    monkeypatch.setattr(trt_fmt, "tensorrt_unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_fmt, "build_engine", fake_build)
+    monkeypatch.setattr(trt_fmt, "_engine_backend", fake_backend)
     m = export_subnet(arch, tmp_path / "m.engine", SUPERNET, weights, fmt="tensorrt", precision="fp16",
                       time_cap_s=0.2, workspace_mb=256, timing_cache=str(tmp_path / "tc"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx", "m.onnx.json"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hwnas.errors import ModelFileError
-from hwnas.export.onnx_export import check_onnx, export_onnx, load_session
+from hwnas.formats.onnx_export import check_onnx, export_onnx, load_session
 from hwnas.supernet.registry import create_supernet
 from export_support import randomize
 
@@ -17,7 +17,7 @@ def fmnist():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fmnist_subnet_onnx_matches_pytorch(tmp_path, fmnist, seed):
     arch = fmnist.space.sample(seed)
-    sub = fmnist.extract(arch).eval()
+    sub = fmnist.extract(arch, calibration=None).eval()
     path = export_onnx(sub, tmp_path / "m.onnx", sub.input_shape, batch=1)
     model = onnx.load(str(path))
     assert model.opset_import[0].version >= 17
@@ -30,7 +30,7 @@ def test_fmnist_subnet_onnx_matches_pytorch(tmp_path, fmnist, seed):
 
 
 def test_dynamic_batch_export(tmp_path, fmnist):
-    sub = fmnist.extract(fmnist.space.max_arch()).eval()
+    sub = fmnist.extract(fmnist.space.max_arch(), calibration=None).eval()
     path = export_onnx(sub, tmp_path / "d.onnx", sub.input_shape, dynamic_batch=True)
     sess = load_session(path)
     for b in (1, 5):
@@ -42,7 +42,7 @@ def test_imagenet_family_subnet_onnx_matches_pytorch(tmp_path):
     net = randomize(create_supernet("ofa_mbv3_w1.2", pretrained=False), 3)
     arch = net.space.sample(5)
     arch["r"] = 160
-    sub = net.extract(arch).eval()
+    sub = net.extract(arch, calibration=None).eval()
     path = export_onnx(sub, tmp_path / "o.onnx", sub.input_shape)
     chk = check_onnx(path, sub, torch.randn(2, 3, 160, 160))
     assert chk.max_abs_err < 1e-4, chk
@@ -56,7 +56,7 @@ def test_bad_onnx_files_are_one_line_errors(tmp_path, fmnist):
     with pytest.raises(ModelFileError) as ei:
         load_session(garbage)
     assert "\n" not in str(ei.value)
-    sub = fmnist.extract(fmnist.space.min_arch()).eval()
+    sub = fmnist.extract(fmnist.space.min_arch(), calibration=None).eval()
     good = export_onnx(sub, tmp_path / "ok.onnx", sub.input_shape)
     trunc = tmp_path / "t.onnx"
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])

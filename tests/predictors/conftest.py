@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from hwnas.devices import Store, load_device, profile_archs
-from hwnas.supernet.ofa_mbv3 import MBv3Config, OFAMobileNetV3
+from hwnas.supernet.families.mbv3 import MBv3Config, MobileNetV3Family
 from predictors_support import FAST, NOOPT_DEVICE, STAT
 
 N_ARCHS = 36
 
-TINY = MBv3Config(
+TINY = MobileNetV3Family(MBv3Config(
     name="pred_tiny",
     in_channels=1,
     n_classes=10,
@@ -41,7 +41,7 @@ TINY = MBv3Config(
     mean=(0.5,),
     std=(0.5,),
     dataset="none",
-)
+))
 
 
 def sample_archs(space, n: int, seed: int = 0) -> list[tuple[str, dict]]:
@@ -56,7 +56,7 @@ def sample_archs(space, n: int, seed: int = 0) -> list[tuple[str, dict]]:
 class Measured:
     """What the session fixture measured: gene matrices and medians of both devices, and the LUT."""
 
-    def __init__(self, store_path: Path, config: MBv3Config, archs, ort: dict, noopt: dict, table):
+    def __init__(self, store_path: Path, config: MobileNetV3Family, archs, ort: dict, noopt: dict, table):
         self.store_path = store_path
         self.config = config
         self.archs = archs
@@ -66,7 +66,7 @@ class Measured:
 
 
 @pytest.fixture(scope="session")
-def tiny_config() -> MBv3Config:
+def tiny_config() -> MobileNetV3Family:
     return TINY
 
 
@@ -74,14 +74,14 @@ def tiny_config() -> MBv3Config:
 def measured(tmp_path_factory: pytest.TempPathFactory) -> Measured:
     import torch
 
-    from hwnas.devices.profile import supernet_model_builder
+    from hwnas.jobs import supernet_model_builder
     from hwnas.predictors.jobs import load_latency_data
     from hwnas.predictors.lut import build_latency_table
 
     torch.manual_seed(0)
     work = tmp_path_factory.mktemp("pred")
     store_path = work / "measurements.sqlite"
-    net = OFAMobileNetV3(TINY).eval()
+    net = TINY.build().eval()
     archs = sample_archs(net.space, N_ARCHS)
     ort_spec = load_device("ort-cpu-1t")
     with Store(store_path) as store:

@@ -7,9 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hwnas.supernet.cost import arch_cost, arch_cost_vectors
-from hwnas.supernet.ofa_mbv3 import OFAMobileNetV3
-from hwnas.supernet.registry import get_config
+from hwnas.supernet.registry import get_family
 
 
 def hook_count(module: nn.Module, input_shape) -> tuple[int, int, int]:
@@ -34,8 +32,8 @@ def hook_count(module: nn.Module, input_shape) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="module", params=["mbv3_fmnist", "ofa_mbv3_w1.0", "tiny"])
 def family(request, tiny_config):
-    cfg = tiny_config if request.param == "tiny" else get_config(request.param)
-    return cfg, OFAMobileNetV3(cfg).eval()
+    cfg = tiny_config if request.param == "tiny" else get_family(request.param)
+    return cfg, cfg.build().eval()
 
 
 def test_cost_matches_hooks(family):
@@ -45,9 +43,9 @@ def test_cost_matches_hooks(family):
     for a in archs[2:]:
         a["r"] = min(sp.resolutions)  # keep the big family's forward passes cheap
     for a in archs:
-        sub = net.extract(a).eval()
-        macs, params, peak = hook_count(sub, sub.input_shape)
-        c = arch_cost(cfg, a)
+        sub = net.extract(a, calibration=None).eval()
+        macs, params, peak = hook_count(sub, cfg.input_shape(a))
+        c = cfg.arch_cost(a)
         assert (c["macs"], c["params"], c["peak_act"]) == (macs, params, peak), a
         assert c["macs"] == c["stem_macs"] + sum(c["stage_macs"]) + c["head_macs"]
         assert c["params"] == c["stem_params"] + sum(c["stage_params"]) + c["head_params"]
@@ -61,18 +59,18 @@ def test_vectorized_equals_per_arch(family):
     sp = net.space
     archs = [sp.sample(s) for s in range(50)]
     X = np.stack([sp.encode(a) for a in archs])
-    vec = arch_cost_vectors(cfg, X)
+    vec = cfg.cost_vectors(X)
     for i, a in enumerate(archs):
-        one = arch_cost(cfg, a)
+        one = cfg.arch_cost(a)
         assert vec["macs"][i] == one["macs"] and vec["params"][i] == one["params"]
         assert list(vec["stage_macs"][i]) == one["stage_macs"]
 
 
 def test_cost_by_name_and_ignored_slots():
-    cfg = get_config("mbv3_fmnist")
+    cfg = get_family("mbv3_fmnist")
     sp = cfg.space
     a = sp.min_arch()
     b = dict(a, ks=[7] * sp.n_blocks)  # all stages at depth 1: only slot 0 of each stage is used
     b["ks"] = [a["ks"][i] if i % sp.max_depth == 0 else 7 for i in range(sp.n_blocks)]
-    assert arch_cost("mbv3_fmnist", a) == arch_cost(cfg, b)
-    assert arch_cost(cfg, sp.max_arch())["macs"] > arch_cost(cfg, a)["macs"]
+    assert get_family("mbv3_fmnist").arch_cost(a) == cfg.arch_cost(b)
+    assert cfg.arch_cost(sp.max_arch())["macs"] > cfg.arch_cost(a)["macs"]

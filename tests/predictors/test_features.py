@@ -14,13 +14,12 @@ from hwnas.predictors.features import (
     featurize_vectors,
     n_onehot,
 )
-from hwnas.supernet.cost import arch_cost
-from hwnas.supernet.registry import get_config
+from hwnas.supernet.registry import get_family
 
 
 @pytest.fixture(params=["mbv3_fmnist", "ofa_mbv3_w1.0"])
 def cfg(request):
-    return get_config(request.param)
+    return get_family(request.param)
 
 
 def test_shape_and_names(cfg):
@@ -55,7 +54,7 @@ def test_onehot_layout_and_masking(cfg):
     for s in range(sp.n_stages):
         assert oh[base + s * nd + sp.d_list.index(a["d"][s])] == 1 and oh[base + s * nd:base + (s + 1) * nd].sum() == 1
     assert oh[base + sp.n_stages * nd + sp.resolutions.index(a["r"])] == 1
-    c = arch_cost(cfg, a)
+    c = cfg.arch_cost(a)
     assert f[names.index("macs_m")] == pytest.approx(c["macs"] / 1e6, rel=1e-6)
     assert f[names.index("params_m")] == pytest.approx(c["params"] / 1e6, rel=1e-6)
     assert f[names.index("resolution")] == a["r"]
@@ -76,7 +75,7 @@ def test_ignored_slots_give_identical_features(cfg):
 
 
 def test_encode_aliases_and_errors():
-    cfg = get_config("mbv3_fmnist")
+    cfg = get_family("mbv3_fmnist")
     sp = cfg.space
     a = sp.sample(1)
     alias = {"ks": a["ks"], "e": a["e"], "d": a["d"], "image_size": a["r"]}
@@ -98,7 +97,7 @@ def test_vector_path_is_fast_enough():
     """100,000 archs in well under the 1-2 s budget's order (generous bound for a loaded CI box)."""
     import time
 
-    cfg = get_config("mbv3_fmnist")
+    cfg = get_family("mbv3_fmnist")
     sp = cfg.space
     X = np.random.default_rng(0).integers(0, sp.vector_upper + 1, size=(100_000, sp.vector_length))
     t = time.perf_counter()

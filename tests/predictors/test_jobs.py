@@ -8,7 +8,6 @@ import pytest
 from hwnas.devices import Store
 from hwnas.errors import PredictorError
 from hwnas.predictors import eval_job, fit_job, load_predictor, predict_job
-from hwnas.supernet.cost import arch_cost_vectors
 
 from predictors_support import NOOPT_DEVICE, STAT
 
@@ -68,7 +67,7 @@ def test_fit_accuracy_job(measured, tmp_path):
     rng = np.random.default_rng(0)
     archs = [sp.canonical(sp.sample(rng)) for _ in range(80)]
     V = np.stack([sp.encode(a) for a in archs])
-    acc = 0.80 + 0.02 * np.log(arch_cost_vectors(measured.config, V)["macs"] / 1e5) + rng.normal(0, 0.002, len(V))
+    acc = 0.80 + 0.02 * np.log(measured.config.cost_vectors(V)["macs"] / 1e5) + rng.normal(0, 0.002, len(V))
     with Store(store_path) as store:
         for a, y in zip(archs, acc):
             store.add_accuracy("h0", sp.arch_id(a), "val", float(y), 1000, arch=a, supernet=measured.config.name)

@@ -16,7 +16,7 @@ from hwnas.predictors import (
     save_predictor,
 )
 from hwnas.predictors.metrics import evaluate_kfold, holdout_split, kendall_tau, mape
-from hwnas.predictors.lut import LatencyTable, load_table, lut_index, save_table
+from hwnas.predictors.lut import LatencyTable, load_table, save_table
 
 # per-kind hyperparameters for ~24 training rows (defaults are tuned for hundreds)
 PARAMS = {"mlp": {"features": "all", "n_ensemble": 3}, "xgb": {"n_estimators": 200}, "hybrid": {"n_estimators": 200}}
@@ -98,12 +98,11 @@ def test_artifact_roundtrip_and_refusals(kind, measured, split, tmp_path):
 
 def test_registered_family_layout_is_checked(tmp_path):
     """An artifact of a registered family whose layout changed since is refused, in one line."""
-    from hwnas.supernet.cost import arch_cost_vectors
-    from hwnas.supernet.registry import get_config
+    from hwnas.supernet.registry import get_family
 
-    cfg = get_config("mbv3_fmnist")
+    cfg = get_family("mbv3_fmnist")
     X = np.random.default_rng(0).integers(0, cfg.space.vector_upper + 1, size=(40, cfg.space.vector_length))
-    y = 0.05 + arch_cost_vectors(cfg, X)["macs"] / 1e8  # any target: this tests the artifact, not accuracy
+    y = 0.05 + cfg.cost_vectors(X)["macs"] / 1e8  # any target: this tests the artifact, not accuracy
     path = save_predictor(create_predictor("linear").fit(X, y), tmp_path / "lin.json", {"fp_hash": "f"})
     assert np.array_equal(load_predictor(path, expect_supernet="mbv3_fmnist").predict(X),
                           create_predictor("linear").fit(X, y).predict(X))
@@ -132,9 +131,9 @@ def test_unfitted_and_bad_inputs(measured):
 
 def test_lut_table(measured):
     m = measured
-    idx = lut_index(m.config)
-    assert m.table.n_missing == 0 and len(m.table.values) == len(idx.keys)
-    assert len(idx.keys) == 3 * 2 * 2 * 2 * 2 + 2 + 2  # stages x (first, rest) x ks x e x r + stems + heads
+    entries = m.config.lut_entries()
+    assert m.table.n_missing == 0 and len(m.table.values) == len(entries)
+    assert len(entries) == 3 * 2 * 2 * 2 * 2 + 2 + 2  # stages x (first, rest) x ks x e x r + stems + heads
     s = m.table.sum_vectors(m.ort["V"])
     assert kendall_tau(m.ort["y"], s) > 0.5
     again = LatencyTable.from_state(json.loads(json.dumps(m.table.to_state(), default=list)), m.config)

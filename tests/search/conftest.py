@@ -15,9 +15,9 @@ from search_fixtures import MacsAccuracyProxy, RidgeLatency, make_refit  # noqa:
 from search_settings import FAST  # noqa: E402
 
 from hwnas.devices import Store  # noqa: E402
-from hwnas.devices.profile import supernet_model_builder  # noqa: E402
+from hwnas.jobs import supernet_model_builder  # noqa: E402
 from hwnas.search import device_measure, encode_archs  # noqa: E402
-from hwnas.supernet.registry import create_supernet, get_config  # noqa: E402
+from hwnas.supernet.registry import create_supernet, get_family  # noqa: E402
 
 SUPERNET = "mbv3_fmnist"
 DEVICE = "ort-cpu-1t"
@@ -27,7 +27,7 @@ N_TRAIN = 10  # real measurements behind the latency fixture (each costs ~1 s: m
 
 @pytest.fixture(scope="session")
 def config():
-    return get_config(SUPERNET)
+    return get_family(SUPERNET).config
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from hwnas.search import canonicalize
-from hwnas.supernet.layers import make_divisible
+from hwnas.supernet.families.mbv3.layers import make_divisible
 
 
 def _out(h: np.ndarray, stride: int) -> np.ndarray:

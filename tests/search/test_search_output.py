@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hwnas.search import closed_loop_search, encode_archs, format_table, write_outputs
-from hwnas.supernet.arch import load_arch_file
+from hwnas.supernet.family import load_arch_file
 from search_fixtures import RidgeLatency
 
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from hwnas.errors import ArchError
-from hwnas.supernet.arch import load_arch_file, parse_arch
-from hwnas.supernet.registry import get_config, list_supernets
+from hwnas.supernet.family import load_arch_file, parse_arch
+from hwnas.supernet.registry import get_family, list_supernets
 
 
 @pytest.fixture(params=list_supernets())
 def space(request):
-    return get_config(request.param).space
+    return get_family(request.param).space
 
 
 def test_sample_is_valid_and_roundtrips_vector(space):
@@ -67,7 +67,7 @@ def test_id_ignores_slots_beyond_depth_and_is_stable(space):
     (lambda a: a.__setitem__("wat", 1), "unknown field(s) wat"),
 ])
 def test_bad_arch_errors_name_field_index_and_choices(mutate, needle):
-    space = get_config("ofa_mbv3_w1.0").space
+    space = get_family("ofa_mbv3_w1.0").space
     a = space.max_arch()
     mutate(a)
     with pytest.raises(ArchError) as ei:

@@ -157,10 +157,9 @@ class TensorRTBackend(LocalBackend):
         if plan is None:
             raise ModelFileError(f"TensorRT failed to build an engine for {path} (see the TensorRT log above)")
         if cache_path:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_suffix(cache_path.suffix + ".tmp")
-            tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
-            tmp.replace(cache_path)
+            from hwnas.io import atomic_write_bytes
+
+            atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
         return plan
 
     def _activate(self) -> None:

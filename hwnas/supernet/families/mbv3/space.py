@@ -1,4 +1,4 @@
-"""Architecture encoding for OFA-style MobileNetV3 spaces.
+"""The search space of OFA-style MobileNetV3 families.
 
 An arch is Once-for-All's dict: ``{"ks": [...], "e": [...], "d": [...], "r": int}`` with one
 ``ks``/``e`` entry per block slot (``n_stages * max_depth``), one ``d`` per stage and an input
@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from hwnas.errors import ArchError
+from hwnas.supernet.family import SearchSpace
 
 Arch = dict  # {"ks": list[int], "e": list[int], "d": list[int], "r": int}
 
 
 @dataclass(frozen=True)
-class ArchSpace:
-    """The choices of one supernet family."""
+class ArchSpace(SearchSpace):
+    """The choices of one MobileNetV3 family.  Gene layout: ``ks`` choice index per block slot, ``e``
+    choice index per slot, ``d`` choice index per stage, ``r`` choice index."""
 
     n_stages: int
     max_depth: int
@@ -181,6 +182,92 @@ class ArchSpace:
             "r": self.resolutions[v[-1]],
         }
 
+    def gene_names(self) -> list[str]:
+        nb, ns = self.n_blocks, self.n_stages
+        return [f"ks[{i}]" for i in range(nb)] + [f"e[{i}]" for i in range(nb)] + [f"d[{i}]" for i in range(ns)] + ["r"]
+
+    def gene_choices(self) -> list[tuple]:
+        nb, ns = self.n_blocks, self.n_stages
+        return [self.ks_list] * nb + [self.e_list] * nb + [self.d_list] * ns + [self.resolutions]
+
+    def _ignored_slots(self, Xi: np.ndarray) -> np.ndarray:
+        """``(N, n_blocks)``: block slots beyond their stage's depth."""
+        nb, ns, md = self.n_blocks, self.n_stages, self.max_depth
+        depth = np.asarray(self.d_list, dtype=np.int64)[Xi[:, 2 * nb : 2 * nb + ns]]  # (N, ns)
+        return (np.arange(md)[None, None, :] >= depth[:, :, None]).reshape(len(Xi), nb)
+
+    def canonicalize_ints(self, Xi: np.ndarray) -> np.ndarray:
+        """Slots beyond a stage's depth get the smallest kernel and expand ratio.  Agrees row by row
+        with ``encode(canonical(decode(x)))``."""
+        nb = self.n_blocks
+        ignored = self._ignored_slots(Xi)
+        Xi[:, :nb][ignored] = int(np.argmin(self.ks_list))
+        Xi[:, nb : 2 * nb][ignored] = int(np.argmin(self.e_list))
+        return Xi
+
+    def active_genes(self, Xi: np.ndarray) -> np.ndarray:
+        Xi = np.asarray(Xi, dtype=np.int64)
+        act = np.ones(Xi.shape, dtype=bool)
+        ignored = self._ignored_slots(Xi)
+        nb = self.n_blocks
+        act[:, :nb] = ~ignored
+        act[:, nb : 2 * nb] = ~ignored
+        return act
+
+    def encode_many(self, archs: Iterable[Mapping[str, Any]]) -> np.ndarray:
+        """``(N, L)`` int64 gene matrix of arch dicts, faster than ``encode`` per arch.
+
+        Accepts the ``image_size`` and ``r: [int]`` aliases; an arch with a value outside the space is
+        reported by ``normalize`` (the field, the index and the allowed values).
+        """
+        archs = list(archs)
+        nb, ns = self.n_blocks, self.n_stages
+        n = len(archs)
+        X = np.empty((n, self.vector_length), dtype=np.int64)
+        if n == 0:
+            return X
+        ks = np.empty((n, nb), dtype=np.float64)
+        e = np.empty((n, nb), dtype=np.float64)
+        d = np.empty((n, ns), dtype=np.float64)
+        r = np.empty(n, dtype=np.float64)
+        default_r = max(self.resolutions)
+        try:
+            for i, a in enumerate(archs):
+                ks[i] = a["ks"]
+                e[i] = a["e"]
+                d[i] = a["d"]
+                rv = a["r"] if "r" in a else a.get("image_size", default_r)
+                r[i] = rv[0] if isinstance(rv, (list, tuple)) and len(rv) == 1 else rv
+        except (KeyError, ValueError, TypeError):
+            self._raise_first_bad(archs)
+            raise
+        for vals in (ks, e, d, r):
+            bad = ~np.isfinite(vals) | (vals != np.round(vals))
+            if bad.any():
+                self._raise_first_bad(archs, int(np.flatnonzero(bad.reshape(n, -1).any(axis=1))[0]))
+        ks, e, d, r = (v.astype(np.int64) for v in (ks, e, d, r))
+        for cols, vals, allowed in ((slice(0, nb), ks, self.ks_list), (slice(nb, 2 * nb), e, self.e_list),
+                                    (slice(2 * nb, 2 * nb + ns), d, self.d_list)):
+            lut = _value_index(allowed)
+            idx = lut[np.clip(vals, 0, len(lut) - 1)]
+            idx[(vals < 0) | (vals >= len(lut))] = -1
+            X[:, cols] = idx
+        lut = _value_index(self.resolutions)
+        ri = lut[np.clip(r, 0, len(lut) - 1)]
+        ri[(r < 0) | (r >= len(lut))] = -1
+        X[:, -1] = ri
+        if (X < 0).any():
+            self._raise_first_bad(archs, int(np.flatnonzero((X < 0).any(axis=1))[0]))
+        return X
+
+    def _raise_first_bad(self, archs: list, start: int = 0) -> None:
+        for i in range(start, len(archs)):
+            try:
+                self.normalize(archs[i])
+            except ArchError as exc:
+                raise ArchError(f"arch #{i}: {exc}") from None
+        raise ArchError("an arch could not be encoded")  # pragma: no cover - normalize accepts what we reject
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -193,32 +280,11 @@ class ArchSpace:
         }
 
 
-def load_arch_file(path: str | Path) -> dict:
-    """Read an arch JSON file.  Accepts a bare arch or ``{"arch": {...}, ...}`` (our best.json)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ArchError(f"arch file {p} does not exist; pass a JSON file like {{\"ks\": [...], \"e\": [...], \"d\": [...], \"r\": 28}}")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchError(f"arch file {p} is not valid JSON ({exc}); fix the file") from None
-    if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
-        data = data["arch"]
-    return data
+def _value_index(allowed: Sequence[int]) -> np.ndarray:
+    lut = np.full(max(allowed) + 1, -1, dtype=np.int64)
+    for i, v in enumerate(allowed):
+        lut[v] = i
+    return lut
 
 
-def parse_arch(text_or_path: str) -> dict:
-    """An arch given on the command line: a path to a JSON file or inline JSON."""
-    s = text_or_path.strip()
-    if s.startswith("{"):
-        try:
-            data = json.loads(s)
-        except json.JSONDecodeError as exc:
-            raise ArchError(f"inline arch is not valid JSON ({exc})") from None
-        if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
-            data = data["arch"]
-        return data
-    return load_arch_file(s)
-
-
-__all__ = ["Arch", "ArchSpace", "load_arch_file", "parse_arch", "field"]
+__all__ = ["Arch", "ArchSpace"]

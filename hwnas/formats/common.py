@@ -1,8 +1,8 @@
-"""``hwnas export``: extract a subnet, recalibrate BN, export, optimize, check, write a manifest."""
+"""What every export format shares: preparing the subnet, the FP32 ONNX build and its check against
+PyTorch, logits on ONNX Runtime, device resolution and latency records, manifests and paths."""
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -12,12 +12,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from hwnas.errors import DataError, DeviceUnavailableError, ExportError
-from hwnas.export.onnx_export import (INPUT_NAME, OUTPUT_NAME, OutputCheck, atomic_output, atomic_outputs,
-                                      export_onnx, load_session)
+from hwnas.data.calibration import load_calibration as _load_calibration
+from hwnas.data.calibration import validation_data
+from hwnas.errors import DeviceUnavailableError, ExportError
+from hwnas.formats.onnx_export import INPUT_NAME, OUTPUT_NAME, OutputCheck, export_onnx, load_session
+from hwnas.io import atomic_write_json
 from hwnas.supernet.registry import create_supernet
 
-FORMATS = ("onnx", "onnx-int8", "tensorrt")
+Progress = Callable[[str], None]
 
 
 def _versions() -> dict:
@@ -30,83 +32,33 @@ def _versions() -> dict:
     return out
 
 
-def real_inputs(supernet, resolution: int, split: str = "val", n: int = 1000) -> tuple[torch.Tensor, str]:
-    """Real images for checks where the family has a shipped dataset; random inputs otherwise."""
-    if supernet.config.dataset == "fashion-mnist":
-        from hwnas.data.fashion_mnist import load_split, to_tensor
-
-        imgs, _ = load_split(split)
-        return to_tensor(imgs[:n], resolution), f"fashion-mnist {split} ({min(n, len(imgs))} images)"
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(min(n, 16), supernet.config.in_channels, resolution, resolution, generator=g)
-    return x, "random normal inputs (no shipped dataset for this family)"
-
-
 def load_calibration(supernet, resolution: int, calibration: str | Path | None = None) -> torch.Tensor | None:
-    """Calibration images (for BN recalibration and INT8 activation ranges) as a normalized tensor.
-
-    ``calibration`` is a directory holding ``calib.npz`` (like the shipped ``calibration_data/``) or an
-    ``.npz`` file whose ``images`` array is either uint8 ``[N, H, W]`` (grayscale, resized and normalized
-    like the family's dataset) or float32 ``[N, C, r, r]`` already normalized.  ``None``: the family's
-    shipped ``calib`` split (Fashion-MNIST), or ``None`` for families without one.
-    """
-    if calibration is None:
-        if supernet.config.dataset != "fashion-mnist":
-            return None
-        from hwnas.data.fashion_mnist import load_split, to_tensor
-
-        imgs, _ = load_split("calib")
-        return to_tensor(imgs, resolution)
-    p = Path(calibration).expanduser()
-    f = p / "calib.npz" if p.is_dir() else p
-    if not f.is_file():
-        where = f"directory {p} has no calib.npz" if p.is_dir() else f"{p} does not exist"
-        raise DataError(f"calibration data not found: {where}; pass a directory with calib.npz or an .npz file")
-    try:
-        with np.load(f, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise DataError(f"calibration file {f} has no 'images' array (it has: {', '.join(z.files) or 'nothing'})")
-            imgs = z["images"]
-    except DataError:
-        raise
-    except Exception as exc:  # zipfile / OSError / ValueError for a corrupt file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"calibration file {f} is unreadable or corrupt ({first[:160]})") from None
-    c = supernet.config
-    if imgs.dtype == np.uint8 and imgs.ndim == 3 and c.in_channels == 1 and len(imgs):
-        from hwnas.data.fashion_mnist import to_tensor
-
-        return to_tensor(imgs, resolution)  # Fashion-MNIST's normalization: the only 1-channel family
-    want = (c.in_channels, resolution, resolution)
-    if imgs.dtype == np.float32 and imgs.ndim == 4 and tuple(imgs.shape[1:]) == want and len(imgs):
-        return torch.from_numpy(np.ascontiguousarray(imgs))
-    raise DataError(f"calibration file {f} holds {imgs.dtype} images of shape {tuple(imgs.shape)}; expected uint8 "
-                    f"[N, H, W] (1-channel families) or float32 [N, {want[0]}, {want[1]}, {want[2]}], normalized")
+    """The calibration images of ``supernet``'s family at ``resolution`` (see ``hwnas.data.calibration``)."""
+    return _load_calibration(supernet.family, resolution, calibration)
 
 
 def calib_batches(supernet, resolution: int, calibration: str | Path | None = None) -> list[torch.Tensor] | None:
-    x = load_calibration(supernet, resolution, calibration)
+    x = load_calibration(supernet.family, resolution, calibration)
     return None if x is None else list(x.split(500))
 
 
 def prepare(supernet_name: str, weights: str | None, arch: Mapping[str, Any],
             calibration: str | Path | None = None):
-    """Build the supernet, extract ``arch`` and recalibrate its BN (when calibration data exists).
+    """Build the supernet and extract ``arch`` for deployment (normalization recalibrated on
+    ``calibration``, or on the family's shipped images; see ``SupernetModule.extract``).
 
     Freshly initialized weights (``weights_hash == "init"``) are not recalibrated: their statistics
-    carry no information, and latency work does not need it.
+    carry no information, and latency work does not need it.  Trained weights of a family without
+    shipped calibration images and no ``calibration`` are exported with the supernet's own statistics
+    (the manifest says ``bn_recalibrated: false``).
     """
-    from hwnas.supernet.bn import recalibrate_bn
-
     net = create_supernet(supernet_name, weights=weights)
     a = net.space.normalize(arch)
-    sub = net.extract(a).eval()
-    cal = calib_batches(net, a["r"], calibration)
-    recalibrated = False
-    if cal is not None and net.weights_hash != "init":
-        recalibrate_bn(sub, cal)
-        recalibrated = True
-    return net, a, sub.eval(), recalibrated
+    source: Any = "auto" if calibration is None else calibration
+    if calibration is None and net.weights_hash != "init" and load_calibration(net, net.family.resolution(a)) is None:
+        source = None
+    sub = net.extract(a, calibration=source)
+    return net, a, sub.eval(), bool(sub.recalibrated)
 
 
 def optimize_onnx(src: Path, dst: Path) -> dict:
@@ -122,18 +74,9 @@ def optimize_onnx(src: Path, dst: Path) -> dict:
     return {"tool": f"onnxslim {onnxslim.__version__}", "nodes_before": n_before, "nodes_after": len(slim.graph.node)}
 
 
-Progress = Callable[[str], None]
-
-
 def val_data(supernet, resolution: int) -> tuple[torch.Tensor, np.ndarray | None, str]:
     """The whole validation split (5,000 Fashion-MNIST images) with labels; random inputs otherwise."""
-    if supernet.config.dataset == "fashion-mnist":
-        from hwnas.data.fashion_mnist import load_split, to_tensor
-
-        imgs, labels = load_split("val")
-        return to_tensor(imgs, resolution), np.asarray(labels), f"fashion-mnist val ({len(imgs)} images)"
-    x, source = real_inputs(supernet, resolution, "val")
-    return x, None, source
+    return validation_data(supernet.family, resolution)
 
 
 @torch.no_grad()
@@ -260,72 +203,10 @@ def measure_onnx_latency(path: Path, spec, time_cap_s: float | None = None) -> d
     return latency_entry(r["measurement"], spec, r.get("fingerprint"), r["runtime_config"])
 
 
-def export_subnet(arch: Mapping[str, Any], out: str | Path, supernet: str, weights: str | None = None,
-                  fmt: str = "onnx", batch: int = 1, dynamic_batch: bool = False, optimize: bool = True,
-                  tolerance: float = 1e-4, command: str | None = None, device: Any = None,
-                  calibration: str | Path | None = None, time_cap_s: float | None = None,
-                  progress: Progress | None = None, manifest_extra: Mapping[str, Any] | None = None,
-                  **engine_options: Any) -> dict:
-    """Export and verify; writes ``out`` and ``out`` + ``.json`` (the manifest) or nothing at all.
-
-    ``fmt="onnx"``: FP32 ONNX, optimized with onnxslim, checked against PyTorch on the whole validation
-    split (max abs error <= ``tolerance``, top-1 agreement, top-1 vs labels).  With ``device`` (a
-    device name such as ``ort-cpu-1t``, a spec file or a ``DeviceSpec``) its latency there is measured
-    and recorded in the manifest (the device must be runnable here, checked before any work).
-    Other formats go to :func:`hwnas.export.engines.export_engine`, which takes ``engine_options``.
-    """
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ExportError(f"batch must be a positive int; got {batch!r}")
-    precision = engine_options.get("precision")
-    if fmt != "tensorrt" and precision is not None:
-        implied = "int8" if fmt == "onnx-int8" else "fp32"
-        if precision != implied:
-            raise ExportError(f"precision {precision!r} does not apply to --format {fmt} (it is {implied}); "
-                              "--fp16/--int8 choose the precision of --format tensorrt")
-        engine_options.pop("precision")
-    if fmt != "onnx":
-        from hwnas.export.engines import export_engine  # INT8 / TensorRT paths
-
-        return export_engine(arch, out, supernet, weights, fmt, batch=batch, command=command,
-                             dynamic_batch=dynamic_batch, optimize=optimize, tolerance=tolerance, device=device,
-                             calibration=calibration, time_cap_s=time_cap_s, progress=progress, **engine_options)
-    if engine_options:
-        raise ExportError(f"option(s) {', '.join(sorted(engine_options))} do not apply to --format onnx")
-    say = progress or (lambda msg: None)
-    out = Path(out)
-    t0 = time.perf_counter()
-    spec = resolve_device(device, batch) if device is not None else None
-    say("extracting the subnet and recalibrating BN")
-    net, a, sub, recal = prepare(supernet, weights, arch, calibration)
-    shape = (net.config.in_channels, a["r"], a["r"])
-    x, labels, source = val_data(net, a["r"])
-    manifest_path = out.with_name(out.name + ".json")
-    with atomic_outputs(out, manifest_path) as (tmp_model, tmp_manifest):
-        opt_info, ref, got, check = export_verified_fp32(sub, tmp_model, shape, batch, dynamic_batch, optimize, x,
-                                                         source, tolerance, "exported model", say)
-        latency = None
-        if spec is not None:
-            say(f"measuring latency on {spec.name}")
-            latency = measure_onnx_latency(tmp_model, spec, time_cap_s)
-        manifest = build_manifest(net, a, fmt="onnx", precision="fp32", batch=batch, shape=shape,
-                                  check=check, check_inputs=source, recalibrated=recal, optimize=opt_info,
-                                  command=command, dynamic_batch=dynamic_batch,
-                                  accuracy={"split": source, "top1_pytorch": top1(ref, labels),
-                                            "top1": top1(got, labels)},
-                                  latency=latency, **dict(manifest_extra or {}))
-        manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(tmp_manifest, manifest)
-    manifest["path"] = str(out)
-    manifest["manifest"] = str(manifest_path)
-    return manifest
-
-
 def build_manifest(net, arch: dict, fmt: str, precision: str, batch: int, shape: tuple, check: OutputCheck | None,
                    check_inputs: str, recalibrated: bool, optimize: dict | None, command: str | None,
                    dynamic_batch: bool = False, **extra) -> dict:
-    c = net.config
+    c = net.family
     m = {
         "format": fmt,
         "precision": precision,
@@ -335,7 +216,7 @@ def build_manifest(net, arch: dict, fmt: str, precision: str, batch: int, shape:
         "weights": net.weights_path,
         "weights_sha256_16": net.weights_hash,
         "input": {"name": "input", "shape": ["batch" if dynamic_batch else batch, *shape], "dtype": "float32",
-                  "layout": "NCHW", "resize_to": arch["r"], "mean": list(c.mean), "std": list(c.std),
+                  "layout": "NCHW", "resize_to": shape[-1], "mean": list(c.mean), "std": list(c.std),
                   "scale": "pixels/255, then (x - mean) / std"},
         "output": {"name": "logits", "classes": c.n_classes},
         "bn_recalibrated": recalibrated,
@@ -349,13 +230,9 @@ def build_manifest(net, arch: dict, fmt: str, precision: str, batch: int, shape:
     return m
 
 
-def write_json(path: Path, obj: dict) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    with atomic_output(path) as tmp:
-        write_json(tmp, obj)
+def write_json(path: str | Path, obj: Any) -> Path:
+    """A manifest or arch file as indented JSON (numpy scalars and paths allowed), written atomically."""
+    return atomic_write_json(path, obj, indent=2, default=_json_default)
 
 
 def _json_default(o):
@@ -366,3 +243,23 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(type(o).__name__)
+
+
+# ---------------------------------------------------------------------------------------------- paths
+def default_fp32_path(out: str | Path) -> Path:
+    """Where the FP32 model of an ``onnx-int8`` export goes: ``m.onnx``/``m.int8.onnx`` -> ``m.fp32.onnx``."""
+    out = Path(out)
+    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    if stem.endswith(".int8"):
+        stem = stem[: -len(".int8")]
+    return out.with_name(stem + ".fp32.onnx")
+
+
+def manifest_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def _check_options(where: str, options: Mapping[str, Any]) -> None:
+    if options:
+        raise ExportError(f"option(s) {', '.join(sorted(options))} do not apply to {where}")

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
 
 import numpy as np
 
-from hwnas.supernet.layers import SEModule, make_divisible
-from hwnas.supernet.ofa_mbv3 import MBv3Config
+from hwnas.supernet.families.mbv3.layers import SEModule, make_divisible
+from hwnas.supernet.families.mbv3.model import MBv3Config
 
 BYTES_PER_ELEMENT = 4  # fp32
 
@@ -213,32 +212,4 @@ def cost_table(config: MBv3Config) -> CostTable:
     return CostTable(config)
 
 
-def _config(config_or_name: MBv3Config | str) -> MBv3Config:
-    if isinstance(config_or_name, str):
-        from hwnas.supernet.registry import get_config
-
-        return get_config(config_or_name)
-    return config_or_name
-
-
-def arch_cost(config: MBv3Config | str, arch: Mapping[str, Any]) -> dict[str, Any]:
-    """Cost of one arch: ``macs``, ``params`` (totals), ``stage_macs``/``stage_params`` (lists, one per
-    elastic stage), ``stem_*``/``head_*``, ``peak_act`` (elements), ``peak_act_bytes`` (fp32),
-    ``resolution`` and ``n_blocks`` (elastic blocks that run)."""
-    cfg = _config(config)
-    t = cost_table(cfg)
-    vec = cfg.space.encode(arch)[None, :]
-    out = t.cost_vectors(vec)
-    res: dict[str, Any] = {}
-    for k, v in out.items():
-        res[k] = [int(round(x)) for x in v[0]] if v.ndim == 2 else int(round(v[0]))
-    return res
-
-
-def arch_cost_vectors(config: MBv3Config | str, X: np.ndarray) -> dict[str, np.ndarray]:
-    """``arch_cost`` for every row of the ``(N, L)`` integer gene matrix (``ArchSpace.encode`` rows)."""
-    return cost_table(_config(config)).cost_vectors(X)
-
-
-__all__ = ["CostTable", "SlotInfo", "arch_cost", "arch_cost_vectors", "conv_out", "cost_table", "mbconv_cost",
-           "mid_channels"]
+__all__ = ["CostTable", "SlotInfo", "conv_out", "cost_table", "mbconv_cost", "mid_channels"]

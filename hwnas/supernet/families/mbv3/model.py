@@ -12,8 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from hwnas.supernet.arch import ArchSpace
-from hwnas.supernet.layers import (
+from hwnas.supernet.families.mbv3.layers import (
     ConvLayer,
     DynamicMBConvLayer,
     LinearLayer,
@@ -21,6 +20,8 @@ from hwnas.supernet.layers import (
     ResidualBlock,
     make_divisible,
 )
+from hwnas.supernet.families.mbv3.space import ArchSpace
+from hwnas.supernet.family import SupernetModule
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,18 @@ def ofa_imagenet_config(width_mult: float) -> MBv3Config:
     )
 
 
-class OFAMobileNetV3(nn.Module):
-    """Weight-sharing supernet.  ``set_active(arch)`` selects a subnet; ``extract(arch)`` copies it out."""
+class OFAMobileNetV3(SupernetModule):
+    """Weight-sharing supernet.  ``set_active(arch)`` selects a subnet; ``extract(arch)`` copies it out
+    (BN recalibrated, see ``SupernetModule.extract``)."""
 
-    def __init__(self, config: MBv3Config):
+    def __init__(self, config: MBv3Config, family=None):
         super().__init__()
+        if family is None:
+            from hwnas.supernet.families.mbv3 import MobileNetV3Family
+
+            family = MobileNetV3Family(config)
+        self.family = family
         self.config = config
-        self.space = config.space
         c = config
         self.first_conv = ConvLayer(c.in_channels, c.first_conv_width, 3, c.first_conv_stride, "h_swish")
         first = MBConvLayer(c.first_conv_width, c.first_block_width, 3, 1, None, "relu", False)
@@ -146,7 +152,7 @@ class OFAMobileNetV3(nn.Module):
 
     # ------------------------------------------------------------------ extraction
     @torch.no_grad()
-    def extract(self, arch: Mapping[str, Any]) -> "MBv3Subnet":
+    def extract_static(self, arch: Mapping[str, Any]) -> "MBv3Subnet":
         """A standalone static network computing what this supernet computes with ``arch`` active."""
         a = self.set_active(arch)
         c = self.config

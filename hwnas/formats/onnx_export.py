@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from hwnas.errors import ExportError, ModelFileError
+from hwnas.io import atomic_output
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_OPSET = 17
@@ -35,48 +34,6 @@ class OutputCheck:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path):
-    """Yield a temp path beside ``path``; move it into place on success, delete it on any error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_outputs(*paths: str | Path):
-    """Like :func:`atomic_output` for several files that belong together (a model and its manifest).
-
-    Yields one temp path per target.  Only if the block succeeds are they moved into place, in the
-    order given (put manifests last, so a manifest never describes a model that is not there yet);
-    on any error every temp file is deleted and no target is touched.
-    """
-    targets = [Path(p) for p in paths]
-    tmps: list[Path] = []
-    try:
-        for path in targets:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-            os.close(fd)
-            tmps.append(Path(tmp))
-        yield list(tmps)
-        for tmp, path in zip(tmps, targets):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise
 
 
 def _export_to(module: nn.Module, dummy: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:

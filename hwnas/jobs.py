@@ -1,0 +1,534 @@
+"""The Python API: one function per job, each returning a frozen dataclass with ``to_dict()``.
+
+    import hwnas
+    prof = hwnas.profile("ort-cpu-1t", samples=100)                       # 1. profile a device
+    found = hwnas.search("ort-cpu-1t", latency="0.25ms")                    # 2. search for a budget
+    eng = hwnas.export(found.best_arch, "best.int8.onnx", format="onnx-int8")  # 3. export an engine
+
+The CLI (``hwnas ...``) and ``hwnas run`` only parse arguments and call these.  Every job takes a
+family by registered name (or a ``SupernetFamily``) and a device by spec name, ``.toml`` path or
+``DeviceSpec``; files go where the caller says, written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from hwnas.errors import PredictorError, SearchError
+
+DEFAULT_DEVICE = "ort-cpu-1t"
+DEFAULT_STORE = Path("hwnas-out/store.sqlite")
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out[k] = v.to_dict() if hasattr(v, "to_dict") else v
+    return out
+
+
+@dataclass(frozen=True)
+class _Result:
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        details = d.pop("details", {}) or {}
+        return _jsonable({**details, **d})
+
+    def __getitem__(self, key: str) -> Any:  # dict-style access to every figure the job reported
+        return self.to_dict()[key]
+
+
+# ---------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class ProfileResult(_Result):
+    """What ``profile`` measured: counts, rates, the anchor and the store the rows went to."""
+
+    device: str
+    supernet: str
+    store: str
+    measured: int
+    skipped: int
+    failed: list = field(default_factory=list)
+    wall_s: float = 0.0
+    subnets_per_min: float = 0.0
+    anchor: dict | None = None
+    fp_hash: str = ""
+    details: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class ModelProfileResult(_Result):
+    """The latency of one ONNX file on a device (``profile_model``)."""
+
+    model: str
+    device: str
+    median_ms: float
+    measurement: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class FitResult(_Result):
+    """A fitted predictor's held-out metrics and where its artifact went."""
+
+    kind: str
+    target: str
+    supernet: str
+    n_train: int
+    n_test: int
+    metrics: dict
+    out: str | None = None
+    details: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Prediction(_Result):
+    """Predictions of one predictor for some archs (``predict``)."""
+
+    target: str
+    unit: str
+    supernet: str
+    arch_ids: list
+    values: list
+    predictor: str = ""
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchJobResult(_Result):
+    """The chosen arch (measured on the device), the budget, the predictors used and the output files."""
+
+    best_arch: dict
+    best_arch_id: str
+    measured_latency_ms: float
+    predicted_latency_ms: float
+    accuracy: float
+    accuracy_evaluated: bool
+    budget_ms: float
+    device: str
+    supernet: str
+    files: dict
+    latency_predictor: dict
+    accuracy_predictor: dict
+    n_predicted: int = 0
+    wall_s: float = 0.0
+    result: Any = field(default=None, repr=False, compare=False)  # the full ``SearchResult``
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "result"}
+        if self.result is not None:
+            d["search"] = self.result.to_dict()
+        return _jsonable(d)
+
+
+@dataclass(frozen=True)
+class ExportResult(_Result):
+    """An exported engine: its file, manifest, format, checks and measured latency."""
+
+    path: str
+    manifest_path: str
+    format: str
+    precision: str
+    arch_id: str
+    manifest: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable({**self.manifest, "path": self.path, "manifest": self.manifest_path})
+
+
+@dataclass(frozen=True)
+class RunResult(_Result):
+    """The main job's summary (``hwnas run``)."""
+
+    summary: dict
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.summary)
+
+
+# ---------------------------------------------------------------------------------- the supernet
+def create_supernet(name: Any = "mbv3_fmnist", weights: str | Path | None = None, pretrained: bool = True):
+    """A family's torch supernet by registered name: shipped weights unless ``weights`` (a state dict
+    path) or ``pretrained=False`` say otherwise.  ``net.extract(arch)`` gives a deployable subnet."""
+    from hwnas.supernet.registry import create_supernet as _create
+
+    return _create(name, weights=weights, pretrained=pretrained)
+
+
+def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path, batch: int = 1):
+    """``build_model`` for ``profile_archs``: extract each arch (no recalibration: latency does not
+    depend on normalization statistics); export it to static-shape ONNX unless the backend is torch."""
+    from hwnas.formats.onnx_export import export_onnx
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def build(arch: dict):
+        sub = supernet.extract(arch, calibration=None).eval()
+        shape = supernet.family.input_shape(arch)
+        if backend.startswith("torch"):
+            return sub, (batch, *shape)
+        path = workdir / f"{supernet.space.arch_id(arch)}.onnx"
+        export_onnx(sub, path, shape, batch=batch)
+        return path, None
+
+    return build
+
+
+def anchor_of(family: Any) -> tuple[str, dict]:
+    """``(arch_id, arch)`` of the family's reference arch for anchored timing."""
+    arch = family.default_anchor()
+    return family.space.arch_id(arch), arch
+
+
+# ---------------------------------------------------------------------------------- 1. profile
+def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples: int = 100, *,
+            store: str | Path = DEFAULT_STORE, weights: str | Path | None = None, seed: int = 0,
+            time_cap_s: float | None = None, progress: Callable[[Any], None] | None = None) -> ProfileResult:
+    """Measure the real latency of ``samples`` subnets (stratified small/medium/large; the smallest and
+    largest included) on ``device`` into the SQLite ``store``, with anchored timing.  Resumable: subnets
+    already in the store for this device fingerprint are skipped.  Latency does not depend on weight
+    values, so families without weights are profiled on their initialized weights."""
+    from hwnas.devices import Store
+    from hwnas.devices.profile import ProtocolSettings, as_spec, profile_archs, require_available, stratified_sample
+
+    spec = as_spec(device)
+    require_available(spec)
+    net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
+    fam = net.family
+    archs = stratified_sample(net.space, samples, seed, lambda a: fam.arch_cost(a)["macs"])
+    settings = ProtocolSettings.from_mapping(spec.protocol)
+    if time_cap_s is not None:
+        settings = settings.replace(time_cap_s=time_cap_s)
+    Path(store).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp, Store(store) as st:
+        build = supernet_model_builder(net, spec.backend, tmp, batch=spec.batch)
+        summary = profile_archs(st, spec, archs, build, fam.name, settings=settings, progress=progress,
+                                delete_models=True, anchor=anchor_of(fam))
+    summary.update(device=spec.name, supernet=fam.name, store=str(store))
+    return ProfileResult(device=spec.name, supernet=fam.name, store=str(store), measured=summary["measured"],
+                         skipped=summary["skipped"], failed=list(summary["failed"]), wall_s=summary["wall_s"],
+                         subnets_per_min=summary["subnets_per_min"], anchor=summary.get("anchor"),
+                         fp_hash=summary["fp_hash"], details=summary)
+
+
+def profile_model(model: str | Path, device: Any = DEFAULT_DEVICE, *, store: str | Path | None = None,
+                  time_cap_s: float | None = None) -> ModelProfileResult:
+    """Latency of any ONNX file on ``device`` (raw windowed timing: lower quartile of window medians),
+    recorded in ``store`` when given."""
+    from hwnas.devices import Store, profile_onnx_file
+    from hwnas.devices.modelfile import check_onnx_file
+
+    check_onnx_file(model)  # a bad file is one line, before a store is created
+    if store is None:
+        res = profile_onnx_file(model, device, time_cap_s=time_cap_s)
+    else:
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        with Store(store) as st:
+            res = profile_onnx_file(model, device, time_cap_s=time_cap_s, store=st)
+    m = res["measurement"]
+    return ModelProfileResult(model=str(res["model"]), device=res["device"], median_ms=float(m["median_ms"]),
+                              measurement=m, details=res)
+
+
+# ---------------------------------------------------------------------------------- predictors
+def fit_predictor(store: str | Path = DEFAULT_STORE, *, target: str = "latency", device: Any = None,
+                  supernet: Any = "mbv3_fmnist", kind: str | None = None, out: str | Path | None = None,
+                  holdout: float = 0.2, seed: int = 0, max_train: int | None = None,
+                  prior: str | Path | Any = None, **options: Any) -> FitResult:
+    """Fit a latency (of ``device``) or accuracy predictor on the store's rows; report held-out RMSE,
+    MAPE, within +-5%/+-10% and Kendall tau, and write the artifact to ``out`` (see ``fit_job``)."""
+    from hwnas.predictors.jobs import fit_job
+
+    r = fit_job(store, device, supernet, target=target, kind=kind, out=out, holdout=holdout, seed=seed,
+                max_train=max_train, prior=prior, **options)
+    return FitResult(kind=r["kind"], target=r["target"], supernet=r["supernet"], n_train=r["n_train"],
+                     n_test=r["n_test"], metrics=dict(r.get("metrics") or {}), out=r.get("out"), details=r)
+
+
+def predict(predictor: str | Path | Any, archs: Any, *, supernet: Any = None) -> Prediction:
+    """Predictions of a predictor (an artifact path or a fitted predictor) for archs: one arch dict, a
+    list of them, an arch JSON file, or a gene matrix."""
+    from hwnas.predictors.artifacts import load_predictor
+    from hwnas.supernet.family import parse_arch
+
+    pred = load_predictor(predictor) if isinstance(predictor, (str, Path)) else predictor
+    fam = pred.family
+    if supernet is not None and str(getattr(supernet, "name", supernet)) != fam.name:
+        raise PredictorError(f"the predictor is for supernet {fam.name}, not {getattr(supernet, 'name', supernet)}")
+    if isinstance(archs, (str, Path)):
+        archs = [parse_arch(str(archs))]
+    elif isinstance(archs, Mapping):
+        archs = [dict(archs)]
+    if isinstance(archs, np.ndarray):
+        V = fam.space.canonicalize(archs)
+    else:
+        V = fam.space.canonicalize(fam.space.encode_many(list(archs)))
+    values = pred.predict(V)
+    meta = getattr(pred, "meta_", None) or {}
+    target = meta.get("target", "latency" if "latency" in pred.targets else pred.targets[0])
+    ids = [fam.space.arch_id(a) for a in fam.space.decode_many(V)]
+    return Prediction(target=target, unit="ms" if target == "latency" else "top-1", supernet=fam.name,
+                      arch_ids=ids, values=[float(v) for v in values],
+                      predictor=str(predictor) if isinstance(predictor, (str, Path)) else pred.kind,
+                      device=meta.get("device"))
+
+
+# ---------------------------------------------------------------------------------- 2. search
+def shipped_predictor_path(supernet: str, name: str) -> Path | None:
+    """A predictor artifact shipped for ``supernet`` (e.g. ``accuracy.json``), if any."""
+    from hwnas.resources import shipped_predictors_dir
+
+    p = Path(shipped_predictors_dir(supernet)) / name
+    return p if p.is_file() else None
+
+
+def choose_budget(latencies_ms: np.ndarray, fraction: float = 0.35) -> float:
+    """A budget inside the achievable range: ``fraction`` of the way from the fastest to the slowest."""
+    lo, hi = float(np.min(latencies_ms)), float(np.max(latencies_ms))
+    return round(lo + fraction * (hi - lo), 3)
+
+
+def _describe_predictor(pred: Any, source: str, fit: Mapping[str, Any] | None = None) -> dict:
+    meta = getattr(pred, "meta_", None) or {}
+    d = {"kind": pred.kind, "source": source, "n_train": (fit or {}).get("n_train", meta.get("n_train"))}
+    metrics = (fit or {}).get("metrics") or meta.get("metrics") or {}
+    d["metrics"] = metrics
+    if fit is not None:
+        d["n_test"] = fit.get("n_test")
+    return d
+
+
+def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, supernet: Any = "mbv3_fmnist",
+           store: str | Path = DEFAULT_STORE, out: str | Path = "hwnas-out/search", rounds: int = 2, seed: int = 0,
+           weights: str | Path | None = None, latency_predictor: str | Path | Any = None,
+           accuracy_predictor: str | Path | Any = None, evaluate: bool | None = None,
+           predictors_dir: str | Path | None = None, log: Log | None = None) -> SearchJobResult:
+    """Closed-loop NSGA-II search for the most accurate subnet within ``latency`` (e.g. ``"0.25ms"``;
+    default: 35% into the measured range) on ``device``, verified by measuring on the device.
+
+    Latency predictor: ``latency_predictor`` (an artifact: a shipped or transferred one), corrected each
+    round on the device's measurements in ``store`` (a few-shot ``transfer`` fit with it as the prior);
+    else xgb fitted on the store's rows of the device (profile it first).  Accuracy predictor:
+    ``accuracy_predictor``, else the one shipped with the weights.  ``evaluate`` (default: when the family
+    has a shipped validation set and trained weights) evaluates the most promising within-budget archs
+    for real.  Writes the front, the measured points, ``best.json`` and a Pareto plot to ``out``, all or
+    nothing, and nothing at all when the request is refused.
+    """
+    from hwnas.devices import Store
+    from hwnas.devices.profile import as_spec
+    from hwnas.predictors.artifacts import load_predictor
+    from hwnas.predictors.jobs import fit_job, load_latency_data
+    from hwnas.search.loop import closed_loop_search
+    from hwnas.search.measure import device_measure
+    from hwnas.search.output import format_table, write_outputs
+    from hwnas.search.units import parse_latency
+
+    say = log or _quiet
+    spec = as_spec(device)
+    net = create_supernet(supernet, weights=weights)
+    fam = net.family
+    budget_ms = parse_latency(latency) if latency is not None else None
+    # ---- predictors, all checked before anything is written
+    if accuracy_predictor is None:
+        accuracy_predictor = shipped_predictor_path(fam.name, "accuracy.json")
+        if accuracy_predictor is None:
+            raise PredictorError(f"supernet {fam.name} ships no accuracy predictor: pass one (--accuracy-predictor "
+                                 f"FILE), fitted with `hwnas predictor fit --target accuracy --supernet {fam.name}`")
+    acc_pred = (load_predictor(accuracy_predictor, expect_supernet=fam.name, expect_target="accuracy")
+                if isinstance(accuracy_predictor, (str, Path)) else accuracy_predictor)
+    acc_meta = getattr(acc_pred, "meta_", None) or {}
+    if acc_meta.get("supernet_hash") and net.weights_hash != "init" and acc_meta["supernet_hash"] != net.weights_hash:
+        raise PredictorError(f"the accuracy predictor was fitted on supernet weights {acc_meta['supernet_hash']}, not on "
+                             f"these ({net.weights_hash}); pass a predictor of these weights")
+    have_rows = Path(store).is_file()
+    lats = None
+    if have_rows:
+        try:
+            lats = np.asarray(load_latency_data(store, spec, fam.name)["y"], dtype=float)
+        except PredictorError:
+            lats = None
+    if latency_predictor is None and lats is None:
+        raise SearchError(f"no {fam.name} measurements of {spec.name} in {store}; profile the device first "
+                          f"(hwnas profile --device {spec.name} --store {store}) or pass --latency-predictor FILE")
+    tmp = tempfile.TemporaryDirectory(prefix="hwnas-search-")
+    try:
+        tmpdir = Path(tmp.name)
+        lat_fit = None
+        if latency_predictor is None:
+            lat_fit = fit_job(store, spec, fam.name, target="latency", kind="xgb", out=tmpdir / "latency.json",
+                              holdout=0.2, seed=seed)
+            lat_pred = load_predictor(lat_fit["out"])
+            lat_info = _describe_predictor(lat_pred, "fitted on the store's measurements (xgb)", lat_fit)
+            m = lat_fit["metrics"]
+            say(f"      latency predictor (xgb, {lat_fit['n_train']} train / {lat_fit['n_test']} held out): "
+                f"{100 * m['within_10']:.0f}% within +-10%, MAPE {m['mape']:.1f}%, Kendall tau {m['kendall_tau']:.3f}")
+        else:
+            lat_pred = (load_predictor(latency_predictor, expect_supernet=fam.name, expect_target="latency")
+                        if isinstance(latency_predictor, (str, Path)) else latency_predictor)
+            meta = getattr(lat_pred, "meta_", None) or {}
+            if meta.get("device") and meta["device"] != spec.name:
+                say(f"      note: the latency predictor was fitted for device {meta['device']}, searching on {spec.name}")
+            lat_info = _describe_predictor(lat_pred, str(latency_predictor) if isinstance(latency_predictor, (str, Path))
+                                           else "given")
+            say(f"      latency predictor: {lat_info['source']} ({lat_pred.kind})")
+        if budget_ms is None:
+            if lats is not None:
+                budget_ms = choose_budget(lats)
+                range_note = f"measured range {lats.min():.3f}-{lats.max():.3f} ms"
+            else:
+                sp = fam.space
+                ends = lat_pred.predict([sp.min_arch(), sp.max_arch()])
+                budget_ms = choose_budget(ends)
+                range_note = f"predicted range {ends.min():.3f}-{ends.max():.3f} ms"
+        else:
+            range_note = (f"measured range {lats.min():.3f}-{lats.max():.3f} ms" if lats is not None
+                          else "no measurements yet")
+        say(f"      searching for the most accurate subnet within {budget_ms:.3f} ms on {spec.name} "
+            f"({range_note}), {rounds} rounds")
+        evaluate_fn = None
+        if evaluate is None:
+            evaluate = fam.dataset == "fashion-mnist" and net.weights_hash != "init"
+        if evaluate:
+            from hwnas.supernet.evaluate import EvalData, evaluate_arch
+
+            data = EvalData.load("val")
+            evaluate_fn = lambda archs: [evaluate_arch(net, a, data) for a in archs]  # noqa: E731
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        with Store(store) as st:
+            measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmpdir / "models",
+                                                                      batch=spec.batch),
+                                     fam.name, net.space, anchor=anchor_of(fam))
+            prior = lat_pred
+
+            def refit(rows: Sequence[Mapping[str, Any]]):
+                if latency_predictor is None:
+                    fit = fit_job(store, spec, fam.name, target="latency", kind="xgb", out=tmpdir / "lat.json",
+                                  holdout=0.0, seed=seed)
+                else:  # the given predictor, corrected on what the device measured so far
+                    if len(rows) < 2:
+                        return prior.predict
+                    fit = fit_job(store, spec, fam.name, target="latency", kind="transfer", prior=prior,
+                                  out=tmpdir / "lat.json", holdout=0.0, seed=seed)
+                return load_predictor(fit["out"]).predict
+
+            result = closed_loop_search(
+                net.space, acc_pred.predict, lat_pred.predict, refit, measure, budget_ms, rounds=rounds, seed=seed,
+                evaluate_accuracy=evaluate_fn, supernet=fam.name, device=spec.name)
+        fitted = (tmpdir / "latency.json").read_bytes() if lat_fit is not None else None
+    finally:
+        tmp.cleanup()
+    files = write_outputs(result, Path(out))
+    if predictors_dir is not None and fitted is not None:  # keep the latency predictor fitted for this search
+        from hwnas.io import atomic_write_bytes
+
+        p = atomic_write_bytes(Path(predictors_dir) / "latency.json", fitted)
+        files["latency_predictor"] = str(p)
+    say(format_table(result))
+    b = result.best
+    return SearchJobResult(
+        best_arch=b.arch, best_arch_id=b.arch_id, measured_latency_ms=b.measured_latency_ms,
+        predicted_latency_ms=b.predicted_latency_ms, accuracy=b.accuracy,
+        accuracy_evaluated=b.evaluated_accuracy is not None,
+        budget_ms=float(budget_ms), device=spec.name, supernet=fam.name, files=files,
+        latency_predictor=lat_info, accuracy_predictor=_describe_predictor(acc_pred, str(accuracy_predictor)),
+        n_predicted=int(result.predictor_evals), wall_s=float(result.wall_s), result=result)
+
+
+# ---------------------------------------------------------------------------------- 3. export
+def export(arch: Any, out: str | Path, *, supernet: Any = "mbv3_fmnist", weights: str | Path | None = None,
+           format: str = "onnx", batch: int = 1, device: Any = None, calibration: str | Path | None = None,
+           dynamic_batch: bool = False, optimize: bool = True, tolerance: float = 1e-4, time_cap_s: float | None = None,
+           command: str | None = None, progress: Callable[[str], None] | None = None,
+           **options: Any) -> ExportResult:
+    """Export ``arch`` (a dict, an arch JSON file or inline JSON) of ``supernet`` as a verified engine in
+    ``format`` (see ``hwnas.formats.list_formats()``) to ``out``, with a manifest ``out.json`` beside it;
+    with ``device`` the engine's latency there is measured and recorded."""
+    from hwnas.formats import export_subnet
+    from hwnas.supernet.family import parse_arch
+
+    a = parse_arch(arch) if isinstance(arch, (str, Path)) else dict(arch)
+    m = export_subnet(a, out, supernet, str(weights) if weights else None, fmt=format, batch=batch,
+                      dynamic_batch=dynamic_batch, optimize=optimize, tolerance=tolerance, command=command,
+                      device=device, calibration=calibration, time_cap_s=time_cap_s, progress=progress, **options)
+    return ExportResult(path=m["path"], manifest_path=m["manifest"], format=m["format"], precision=m["precision"],
+                        arch_id=m["arch_id"], manifest=m)
+
+
+# ---------------------------------------------------------------------------------- the main job
+def run(out: str | Path = "hwnas-out", *, device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist",
+        samples: int = 150, latency: str | float | None = None, rounds: int = 2, seed: int = 0,
+        time_cap_s: float = 1.0, log: Log | None = None, progress: Callable[[Any], None] | None = None) -> RunResult:
+    """The three jobs end to end: profile ``device`` (rows in ``OUT/store.sqlite``, reused on a second
+    run), fit its latency predictor, search for a budget that suits it, export the chosen subnet as
+    verified ONNX (FP32) and ONNX Runtime INT8 with their manifests, and write ``OUT/summary.json``."""
+    from hwnas.io import atomic_write_json
+
+    say = log or _quiet
+    out = Path(out)
+    store = out / "store.sqlite"
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    name = getattr(supernet, "name", supernet)
+    say(f"[1/3] profiling {getattr(device, 'name', device)}: {samples} subnets of {name} (resumes from {store})")
+    t = time.perf_counter()
+    prof = profile(device, supernet, samples, store=store, seed=seed, time_cap_s=time_cap_s, progress=progress)
+    timings["profile_s"] = time.perf_counter() - t
+    say(f"      {prof.measured} measured, {prof.skipped} reused, {prof.subnets_per_min:.0f} subnets/min")
+
+    say(f"[2/3] predictors and closed-loop NSGA-II search on {prof.device}")
+    t = time.perf_counter()
+    found = search(device, latency, supernet=supernet, store=store, out=out / "search", rounds=rounds, seed=seed,
+                   predictors_dir=out / "predictors", log=say)
+    timings["search_s"] = time.perf_counter() - t
+
+    say(f"[3/3] exporting {found.best_arch_id} as verified ONNX (FP32) and ONNX Runtime INT8")
+    t = time.perf_counter()
+    exp_dir = out / "export"
+    int8 = export(found.best_arch, exp_dir / "best.int8.onnx", supernet=supernet, format="onnx-int8",
+                  command="hwnas run", device=device, fp32_out=exp_dir / "best.onnx").manifest
+    timings["export_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    m = found.latency_predictor.get("metrics") or {}
+    summary = {
+        "device": prof.device,
+        "supernet": prof.supernet,
+        "budget_ms": found.budget_ms,
+        "best": {"arch_id": found.best_arch_id, "measured_latency_ms": found.measured_latency_ms,
+                 "predicted_latency_ms": found.predicted_latency_ms, "val_top1": found.accuracy,
+                 "predicted_top1": found.result.best.predicted_accuracy},
+        "latency_predictor": {"n_train": found.latency_predictor.get("n_train"),
+                              "n_test": found.latency_predictor.get("n_test"), **m},
+        # the INT8/FP32 ratio is timed paired, side by side; in ms it is scaled by the chosen subnet's
+        # anchored latency, so it reads on the same scale as every other latency of this job
+        "int8": {"fp32_ms": found.measured_latency_ms,
+                 "int8_ms": found.measured_latency_ms * int8["latency"]["int8_over_fp32"],
+                 "int8_over_fp32": int8["latency"]["int8_over_fp32"],
+                 "side_by_side_raw_ms": {"fp32": int8["latency"]["fp32"]["median_ms"],
+                                         "int8": int8["latency"]["int8"]["median_ms"]},
+                 "top1_fp32": int8["accuracy"]["top1_fp32"], "top1_int8": int8["accuracy"]["top1_int8"],
+                 "agreement": int8["accuracy"]["agreement_int8_vs_fp32"]},
+        "files": {"store": str(store), **found.files, "onnx": str(exp_dir / "best.onnx"),
+                  "onnx_manifest": str(exp_dir / "best.onnx.json"),
+                  "onnx_int8": int8.get("path"), "onnx_int8_manifest": int8.get("manifest")},
+        "profile": {k: prof.details[k] for k in ("measured", "skipped", "subnets_per_min", "overhead")},
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+    atomic_write_json(out / "summary.json", summary, indent=2, default=str)
+    return RunResult(summary=summary)
+
+
+__all__ = ["ExportResult", "FitResult", "ModelProfileResult", "Prediction", "ProfileResult", "RunResult",
+           "SearchJobResult", "choose_budget", "create_supernet", "export", "fit_predictor", "predict", "profile",
+           "profile_model", "run", "search", "supernet_model_builder"]

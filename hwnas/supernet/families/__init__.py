@@ -1,0 +1,1 @@
+"""Supernet families: one module (or package) each, imported by the registry on first lookup."""

@@ -1,0 +1,380 @@
+"""The family contract: everything the rest of hwnas knows about a supernet family.
+
+A family is registered by name (``hwnas.supernet.registry.register_supernet``) and provides
+
+* its **search space** (:class:`SearchSpace`): validation with errors naming the field, index and
+  allowed values; a stable short arch id; encode/decode to the integer gene matrix the search and
+  the predictors hold; vectorized canonicalization (genes without effect set to a fixed choice, so
+  they never split duplicates); random / min / max archs; the arch file format (a JSON object);
+* the **torch supernet** (:class:`SupernetModule`): ``set_active(arch)`` and ``extract(arch)``, a
+  standalone deployable module, with the normalization recalibration the family needs applied by
+  default (BN recalibration for CNNs), so nobody gets the un-recalibrated subnet by accident;
+* the **input** each arch takes (``input_shape(arch)``, channels, normalization, dataset name);
+* a **default anchor** arch for anchored timing;
+* **vectorized predictor features**: the gene one-hot and analytic costs (``cost_vectors``:
+  ``macs``, ``params``, ``peak_act`` per arch, plus per-group figures), with ``macs_m`` the first
+  analytic feature column;
+* **optional capabilities** (``capabilities``), checked where they are used with :meth:`require`:
+  ``"lut"`` (a block lookup table: ``lut_entries``, ``lut_entry_module``, ``lut_usage``).
+
+Nothing outside a family's own module knows its genes.  Adding a family is one module under
+``hwnas/supernet/families/`` (found and imported by the registry) or any module that calls
+``register_supernet`` before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, ABCMeta, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwnas.errors import ArchError, DataError, HwnasError
+
+Arch = dict
+
+
+class CapabilityError(HwnasError, NotImplementedError):
+    """A family lacks an optional capability a command needs (the message names the family and it)."""
+
+
+# ---------------------------------------------------------------------------------- search space
+class SearchSpace(ABC):
+    """The genes of one family.  Genes are choice indices ``0..vector_upper[i]`` in a fixed layout."""
+
+    name: str = ""
+
+    @abstractmethod
+    def normalize(self, arch: Mapping[str, Any]) -> Arch:
+        """A validated copy of ``arch`` in the family's own format, or ``ArchError`` naming the bad field."""
+
+    @property
+    @abstractmethod
+    def vector_upper(self) -> np.ndarray:
+        """Inclusive upper bound of each gene (the lower bound is 0)."""
+
+    @abstractmethod
+    def encode(self, arch: Mapping[str, Any]) -> np.ndarray:
+        """The int64 gene vector of ``arch`` (validated)."""
+
+    @abstractmethod
+    def decode(self, vec: Iterable[int]) -> Arch:
+        """The arch of a gene vector (clipped into range: any integer vector maps to a valid arch)."""
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator | int | None = None) -> Arch: ...
+
+    @abstractmethod
+    def min_arch(self) -> Arch: ...
+
+    @abstractmethod
+    def max_arch(self) -> Arch: ...
+
+    @abstractmethod
+    def arch_id(self, arch: Mapping[str, Any]) -> str:
+        """A short stable id, equal for archs that build the same network (a database key and a file name)."""
+
+    @abstractmethod
+    def to_dict(self) -> dict:
+        """The space's choices as JSON (shown by ``hwnas supernets``)."""
+
+    @abstractmethod
+    def gene_names(self) -> list[str]:
+        """One name per gene column (e.g. ``ks[3]``)."""
+
+    @abstractmethod
+    def gene_choices(self) -> list[tuple]:
+        """The allowed values of each gene column, in index order."""
+
+    # ------------------------------------------------------------------ concrete helpers
+    @property
+    def vector_length(self) -> int:
+        return int(len(self.vector_upper))
+
+    def active_genes(self, Xi: np.ndarray) -> np.ndarray:
+        """Boolean ``(N, L)``: which genes of each canonical row change the network (default: all)."""
+        return np.ones(np.shape(Xi), dtype=bool)
+
+    def canonicalize_ints(self, Xi: np.ndarray) -> np.ndarray:
+        """Set genes without effect to a fixed choice (in place allowed); rows already clipped ints."""
+        return Xi
+
+    def canonicalize(self, X: np.ndarray) -> np.ndarray:
+        """Round, clip to ``[0, vector_upper]`` and canonicalize a gene matrix (or one vector).
+
+        Two rows that build the same network become equal, so duplicate elimination on genes works.
+        """
+        X = np.asarray(X, dtype=float)
+        if X.ndim == 1:
+            return self.canonicalize(X[None, :])[0]
+        if X.ndim != 2 or X.shape[1] != self.vector_length:
+            raise ArchError(f"gene matrix has shape {X.shape}; space {self.name!r} needs (N, {self.vector_length})")
+        Xi = np.clip(np.rint(X), 0, self.vector_upper).astype(np.int64)
+        return self.canonicalize_ints(Xi)
+
+    def canonical(self, arch: Mapping[str, Any]) -> Arch:
+        """The normalized arch with its genes without effect at their fixed choice."""
+        return self.decode(self.canonicalize(self.encode(arch)[None, :])[0])
+
+    def encode_many(self, archs: Iterable[Mapping[str, Any]]) -> np.ndarray:
+        """``(N, L)`` int64 gene matrix of arch dicts; a bad arch is ``ArchError`` ``arch #i: ...``."""
+        rows = []
+        for i, a in enumerate(archs):
+            try:
+                rows.append(self.encode(a))
+            except ArchError as exc:
+                raise ArchError(f"arch #{i}: {exc}") from None
+        if not rows:
+            return np.zeros((0, self.vector_length), dtype=np.int64)
+        return np.stack(rows).astype(np.int64)
+
+    def decode_many(self, X: np.ndarray) -> list[Arch]:
+        return [self.decode(x) for x in self.canonicalize(np.atleast_2d(X))]
+
+    def digest(self, arch: Mapping[str, Any]) -> str:
+        """An 8-hex digest of the canonical arch (what long ids fall back to)."""
+        return hashlib.sha1(json.dumps(self.canonical(arch), sort_keys=True).encode()).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------------------------- one-hot helper
+def gene_onehot(space: SearchSpace, Xi: np.ndarray) -> np.ndarray:
+    """float32 one-hot of every gene of canonical rows ``Xi``, zero where a gene has no effect.
+
+    Column order: gene by gene, each gene's choices in index order (names: :func:`gene_onehot_names`).
+    """
+    Xi = np.asarray(Xi, dtype=np.int64)
+    sizes = space.vector_upper.astype(np.int64) + 1
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    n = len(Xi)
+    out = np.zeros((n, int(sizes.sum()) + 1), dtype=np.float32)  # + a scratch column for inactive genes
+    active = space.active_genes(Xi)
+    cols = np.where(active, offsets[None, :] + Xi, out.shape[1] - 1)
+    out[np.arange(n)[:, None], cols] = 1.0
+    return out[:, :-1]
+
+
+def gene_onehot_names(space: SearchSpace) -> list[str]:
+    return [f"{g}={v}" for g, ch in zip(space.gene_names(), space.gene_choices()) for v in ch]
+
+
+# ---------------------------------------------------------------------------------- the family
+class SupernetFamily(ABC):
+    """One registered family: see the module docstring.  Instances compare by their layout."""
+
+    name: str
+    in_channels: int
+    n_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset: str  # the data layer's name for the family's data ("fashion-mnist", "imagenet", ...)
+    #: the class of family, stored in artifacts beside the layout (``config_dict``)
+    kind: ClassVar[str] = ""
+    #: optional capabilities this family provides, e.g. {"lut"}
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: export: names of node groups that can be kept in FP32 -> a substring of their ONNX node names
+    node_groups: ClassVar[Mapping[str, str]] = {}
+    #: export: groups kept in FP32, in order, when full INT8 quantization loses too much agreement
+    int8_fallback_excludes: ClassVar[tuple[tuple[str, ...], ...]] = (("classifier",),)
+
+    # ------------------------------------------------------------------ required
+    @property
+    @abstractmethod
+    def space(self) -> SearchSpace: ...
+
+    @abstractmethod
+    def build(self) -> "SupernetModule":
+        """A freshly initialized torch supernet (weights are loaded by the registry)."""
+
+    @abstractmethod
+    def input_shape(self, arch: Mapping[str, Any]) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input of ``arch``."""
+
+    @abstractmethod
+    def default_anchor(self) -> Arch:
+        """The reference arch of anchored timing (a mid-sized subnet)."""
+
+    @abstractmethod
+    def cost_vectors(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Analytic costs (float64) of every row of the gene matrix: at least ``macs``, ``params``, ``peak_act``."""
+
+    @abstractmethod
+    def feature_names(self) -> list[str]: ...
+
+    @property
+    @abstractmethod
+    def n_onehot(self) -> int:
+        """Number of leading one-hot feature columns; ``macs_m`` is the column right after them."""
+
+    @abstractmethod
+    def featurize(self, X: np.ndarray, *, onehot: bool = True, analytic: bool = True) -> np.ndarray:
+        """float32 features of canonical gene rows (one-hot block, then the analytic block)."""
+
+    @abstractmethod
+    def config_dict(self) -> dict:
+        """The layout as JSON values: artifacts store it and refuse to load against another."""
+
+    # ------------------------------------------------------------------ defaults
+    def arch_cost(self, arch: Mapping[str, Any]) -> dict[str, Any]:
+        """``cost_vectors`` of one arch, as ints (lists for per-group figures)."""
+        out = self.cost_vectors(self.space.canonicalize(self.space.encode(arch)[None, :]))
+        return {k: [int(round(x)) for x in v[0]] if np.ndim(v) == 2 else int(round(float(v[0])))
+                for k, v in out.items()}
+
+    def resolution(self, arch: Mapping[str, Any]) -> int:
+        return int(self.input_shape(arch)[-1])
+
+    def clean_state_dict(self, sd: dict) -> dict:
+        """Map a checkpoint's key spellings to this family's (default: strip ``module.``)."""
+        return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+    def recalibrate(self, subnet: Any, batches: Sequence[Any]) -> Any:
+        """The normalization recalibration ``extract`` applies (default: BatchNorm statistics)."""
+        from hwnas.supernet.bn import recalibrate_bn
+
+        return recalibrate_bn(subnet, batches)
+
+    def describe(self) -> str:
+        """One line for ``hwnas supernets``."""
+        return json.dumps(self.space.to_dict())
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: str, what: str = "") -> None:
+        if capability not in self.capabilities:
+            have = ", ".join(sorted(self.capabilities)) or "none"
+            raise CapabilityError(f"supernet {self.name} has no {capability!r} capability{f' ({what})' if what else ''}; "
+                                  f"its capabilities: {have}")
+
+    # the "lut" capability
+    def lut_entries(self) -> list[dict]:
+        """Distinct LUT entries (dicts with a unique readable ``key``)."""
+        self.require("lut")
+        raise NotImplementedError  # pragma: no cover
+
+    def lut_entry_module(self, entry: Mapping[str, Any]) -> tuple[Any, tuple[int, ...]]:
+        """A static module for one entry and its input shape ``(C, H, W)``."""
+        self.require("lut")
+        raise NotImplementedError  # pragma: no cover
+
+    def lut_usage(self, X: np.ndarray) -> np.ndarray:
+        """``(N, K)`` int64 entry indices each arch's network sums (``-1`` pads unused positions)."""
+        self.require("lut")
+        raise NotImplementedError  # pragma: no cover
+
+    # ------------------------------------------------------------------ identity
+    def _identity(self) -> str:
+        return json.dumps([type(self).__name__, self.config_dict()], sort_keys=True, default=str)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SupernetFamily) and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+# ---------------------------------------------------------------------------------- the torch side
+class SupernetModule(nn.Module, metaclass=ABCMeta):
+    """Base class of every family's torch supernet: ``set_active``, ``extract_static`` and the shared
+    ``extract`` (with recalibration); ``family``, ``weights_path`` and ``weights_hash`` are set by the
+    registry's ``create_supernet``."""
+
+    family: SupernetFamily
+    weights_path: str | None = None
+    weights_hash: str = "init"
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.family.space
+
+    @abstractmethod
+    def set_active(self, arch: Mapping[str, Any]) -> Arch:
+        """Select the subnet ``arch`` inside the supernet; returns the normalized arch."""
+
+    @abstractmethod
+    def extract_static(self, arch: Mapping[str, Any]) -> nn.Module:
+        """The standalone module of normalized ``arch`` with the supernet's own normalization statistics."""
+
+    def extract(self, arch: Mapping[str, Any], *, calibration: Any = "auto", batch_size: int = 500) -> nn.Module:
+        """A standalone deployable module of ``arch``, in eval mode.
+
+        ``calibration``: ``"auto"`` (default) recalibrates normalization statistics on the family's
+        shipped calibration images when the weights are trained (untrained ``init`` weights are left
+        as they are: their statistics carry nothing, and latency work does not need it); a tensor,
+        a list of batches or a path (a directory with ``calib.npz`` or an ``.npz`` file) gives the
+        images; ``None`` skips recalibration (the raw weight-sharing statistics, for latency work).
+        ``subnet.recalibrated`` says which happened.  Trained weights with no calibration images are
+        an error, so an un-recalibrated subnet is never returned by accident.
+        """
+        a = self.space.normalize(arch)
+        with torch.no_grad():
+            sub = self.extract_static(a)
+        done = False
+        auto = isinstance(calibration, str) and calibration == "auto"
+        if calibration is not None and not (auto and self.weights_hash == "init"):
+            batches = self._calibration_batches(a, calibration, batch_size)
+            with torch.no_grad():
+                self.family.recalibrate(sub, batches)
+            done = True
+        sub.eval()
+        sub.recalibrated = done
+        return sub
+
+    def _calibration_batches(self, arch: Arch, calibration: Any, batch_size: int) -> list:
+        if isinstance(calibration, torch.Tensor):
+            return list(calibration.split(batch_size))
+        if isinstance(calibration, (list, tuple)):
+            return list(calibration)
+        from hwnas.data.calibration import load_calibration
+
+        source = None if (isinstance(calibration, str) and calibration == "auto") else calibration
+        x = load_calibration(self.family, self.family.resolution(arch), source)
+        if x is None:
+            raise DataError(f"supernet {self.family.name} has trained weights but no shipped calibration images to "
+                            f"recalibrate its normalization on: pass calibration=DIR_OR_NPZ (--calibration), or "
+                            f"calibration=None to keep the weight-sharing statistics")
+        return list(x.split(batch_size))
+
+
+# ---------------------------------------------------------------------------------- arch files
+def load_arch_file(path: str | Path) -> dict:
+    """Read an arch JSON file.  Accepts a bare arch or ``{"arch": {...}, ...}`` (our best.json)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArchError(f"arch file {p} does not exist; pass a JSON file holding an arch object "
+                        "(hwnas sample -o arch.json writes one)")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise ArchError(f"arch file {p} is not valid JSON ({str(exc)[:120]}); fix the file") from None
+    if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
+        data = data["arch"]
+    return data
+
+
+def parse_arch(text_or_path: str | Mapping[str, Any]) -> dict:
+    """An arch given on the command line: a path to a JSON file or inline JSON (or already a dict)."""
+    if isinstance(text_or_path, Mapping):
+        return dict(text_or_path)
+    s = str(text_or_path).strip()
+    if s.startswith("{"):
+        try:
+            data = json.loads(s)
+        except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+            raise ArchError(f"inline arch is not valid JSON ({str(exc)[:120]})") from None
+        if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
+            data = data["arch"]
+        return data
+    return load_arch_file(s)
+
+
+__all__ = ["Arch", "CapabilityError", "SearchSpace", "SupernetFamily", "SupernetModule", "gene_onehot",
+           "gene_onehot_names", "load_arch_file", "parse_arch"]
