@@ -157,7 +157,10 @@ def read_state_dict(path: str | Path, family: Any = None) -> dict:
 
 @lru_cache(maxsize=None)
 def _reference_shapes(name: str) -> dict:
-    net = get_family(name).build()
+    import torch
+
+    with torch.device("meta"):  # names and shapes only: no memory for the weights
+        net = get_family(name).build()
     return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 

@@ -30,11 +30,11 @@ def test_decode_repairs_out_of_range_genes(space):
     assert space.decode(-v) == space.min_arch()
 
 
-def test_min_max_and_lengths(space):
-    mn, mx = space.min_arch(), space.max_arch()
-    assert len(mn["ks"]) == space.n_stages * space.max_depth == len(mx["e"])
-    assert len(mn["d"]) == space.n_stages
-    assert mn["r"] == min(space.resolutions) and mx["r"] == max(space.resolutions)
+def test_min_max_are_the_extreme_choices(space):
+    assert (space.encode(space.min_arch()) == 0).all()
+    assert (space.encode(space.max_arch()) == space.vector_upper).all()
+    assert len(space.gene_names()) == len(space.gene_choices()) == space.vector_length
+    assert [len(c) - 1 for c in space.gene_choices()] == list(space.vector_upper)
 
 
 def test_aliases_image_size_and_list_r(space):
@@ -45,12 +45,17 @@ def test_aliases_image_size_and_list_r(space):
     assert space.normalize(a)["r"] == max(space.resolutions)  # OFA archs may omit r
 
 
-def test_id_ignores_slots_beyond_depth_and_is_stable(space):
+def test_id_ignores_genes_without_effect_and_is_stable(space):
     a = space.min_arch()
-    b = json.loads(json.dumps(a))
-    b["ks"][-1] = max(space.ks_list)  # last slot of last stage: beyond depth 'min'
-    assert space.arch_id(a) == space.arch_id(b)
-    c = dict(a, r=max(space.resolutions))
+    x = space.canonicalize(space.encode(a)[None, :])
+    inactive = ~space.active_genes(x)[0]
+    assert inactive.any()  # the smallest arch leaves genes unused (blocks beyond its depth)
+    y = x[0].copy()
+    y[inactive] = space.vector_upper[inactive]
+    b = space.decode(y)
+    assert space.arch_id(a) == space.arch_id(b) and space.canonical(a) == space.canonical(b)
+    assert (space.canonicalize(y[None, :]) == x).all()
+    c = dict(a, r=max(space.gene_choices()[-1]))
     assert space.arch_id(a) != space.arch_id(c)
     assert len(space.arch_id(space.max_arch())) <= 40
     ids = {space.arch_id(space.sample(i)) for i in range(200)}
