@@ -123,13 +123,14 @@ def export_cmd(
         if "top1_int8" in acc:
             typer.echo(f"  top-1 on {acc['split']}: FP32 {100 * acc['top1_fp32']:.2f}%, INT8 {100 * acc['top1_int8']:.2f}%, "
                        f"agreement {100 * acc['agreement_int8_vs_fp32']:.2f}%")
-        elif acc:
-            typer.echo(f"  top-1: {json.dumps(acc)}")
+        elif acc.get("top1") is not None:
+            typer.echo(f"  top-1 on {acc['split']}: {100 * acc['top1']:.2f}% (PyTorch {100 * acc['top1_pytorch']:.2f}%)")
         if "int8_over_fp32" in lat:
             typer.echo(f"  latency on {lat['fp32']['device']}: FP32 {lat['fp32']['median_ms']:.4f} ms, INT8 "
                        f"{lat['int8']['median_ms']:.4f} ms (INT8/FP32 {lat['int8_over_fp32']:.3f}, side by side)")
         elif lat.get("median_ms") is not None:
-            typer.echo(f"  latency on {lat.get('device')}: median {lat['median_ms']:.4f} ms")
+            typer.echo(f"  latency of this file on {lat.get('device')}: median {lat['median_ms']:.4f} ms "
+                       "(raw windowed timing, no anchor)")
         if m.get("fp32"):
             typer.echo(f"  FP32 model {m['fp32'].get('path')}")
         typer.echo(f"  manifest {m['manifest']}")
