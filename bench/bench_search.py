@@ -4,13 +4,13 @@
                                  [--pop 64] [--gens 40] [--latency 0.25ms] [--measure-max 0]
 
 Predictors: until ``hwnas.predictors`` ships artifacts this script uses the search tests' FIXTURES
-(``tests/search/search_fixtures.py``): a ridge latency model fit on real measurements from the
+(``tests/archsearch/search_fixtures.py``): a ridge latency model fit on real measurements from the
 device (rows for the device and supernet already in ``--store``, else ``--n-train`` archs measured
 now) and an accuracy proxy monotone in MACs.  Figures are about the search algorithms on those
 models, not about the predictors.
 
 Fronts are compared by normalized hypervolume (pymoo ``HV``; fixed box from the smallest and
-largest arch, see ``hwnas.search.baselines.reference_point``), mean and std over seeds.  With
+largest arch, see ``hwnas.archsearch.baselines.reference_point``), mean and std over seeds.  With
 ``--measure-max K`` up to K points of each front (evenly spread by latency) are measured on the
 device and the HV is recomputed with measured latency.
 """
@@ -40,7 +40,7 @@ def load_fixtures():
 def latency_training_data(args, net, space, store, measure):
     """(X, y) for the ridge fixture: the store's rows for this device/supernet, topped up by measuring."""
     from hwnas.devices import fingerprint_for, load_device, runtime_config, stratified_sample
-    from hwnas.search import encode_archs
+    from hwnas.archsearch import encode_archs
 
     spec = load_device(args.device)
     fp = fingerprint_for(spec)
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
 
     from hwnas.devices import ProtocolSettings, Store
     from hwnas.jobs import anchor_of, supernet_model_builder
-    from hwnas.search import (
+    from hwnas.archsearch import (
         device_measure, encode_archs, evolution_search, evolution_sweep, hypervolume, nsga2_front, parse_latency,
         random_search, reference_point, search_front, sweep_budgets,
     )  # fmt: skip

@@ -330,10 +330,10 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
     from hwnas.devices.profile import as_spec
     from hwnas.predictors.artifacts import load_predictor
     from hwnas.predictors.jobs import fit_job, load_latency_data
-    from hwnas.search.loop import closed_loop_search
-    from hwnas.search.measure import device_measure
-    from hwnas.search.output import format_table, write_outputs
-    from hwnas.search.units import parse_latency
+    from hwnas.archsearch.loop import closed_loop_search
+    from hwnas.archsearch.measure import device_measure
+    from hwnas.archsearch.output import format_table, write_outputs
+    from hwnas.archsearch.units import parse_latency
 
     say = log or _quiet
     spec = as_spec(device)

@@ -143,7 +143,7 @@ def test_exported_predictor_artifact_honours_umask(tmp_path, umask):
 
 
 def _tiny_search_result():
-    from hwnas.search.loop import FrontPoint, MeasuredPoint, RoundStats, SearchResult
+    from hwnas.archsearch.loop import FrontPoint, MeasuredPoint, RoundStats, SearchResult
 
     arch = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 28}
     mp = MeasuredPoint("a1", arch, 0.2, 0.21, 0.9, 1, "near-budget", 0.91)
@@ -154,7 +154,7 @@ def _tiny_search_result():
 
 
 def test_search_outputs_honour_umask_and_appear_together(tmp_path, umask, monkeypatch):
-    from hwnas.search import output
+    from hwnas.archsearch import output
 
     umask(0o022)
     paths = output.write_outputs(_tiny_search_result(), tmp_path / "out")

@@ -100,7 +100,7 @@ def test_throwaway_predictor_kind_fits_saves_loads_and_drives_a_search(tmp_path)
     assert type(again) is ThrowawayRidge and np.array_equal(again.predict(X), pred.predict(X))
     res = hwnas.predict(path, sp.max_arch())
     assert res.unit == "ms" and res.values[0] == pytest.approx(float(pred.predict([sp.max_arch()])[0]))
-    from hwnas.search import search_front
+    from hwnas.archsearch import search_front
 
     front = search_front(sp, lambda V: -np.log(again.predict(V)), again.predict, pop_size=16, n_gen=3, seed=0)
     assert len(front.X) >= 1

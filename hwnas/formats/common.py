@@ -20,6 +20,7 @@ from hwnas.io import atomic_write_json
 from hwnas.supernet.registry import create_supernet
 
 Progress = Callable[[str], None]
+NO_RECALIBRATION = "none"  # ``calibration="none"`` (``--calibration none``): keep the supernet's BN statistics
 
 
 def _versions() -> dict:
@@ -33,13 +34,11 @@ def _versions() -> dict:
 
 
 def load_calibration(supernet, resolution: int, calibration: str | Path | None = None) -> torch.Tensor | None:
-    """The calibration images of ``supernet``'s family at ``resolution`` (see ``hwnas.data.calibration``)."""
+    """The calibration images of ``supernet``'s family at ``resolution`` (see ``hwnas.data.calibration``);
+    ``None`` for ``calibration="none"``."""
+    if str(calibration) == NO_RECALIBRATION:
+        return None
     return _load_calibration(supernet.family, resolution, calibration)
-
-
-def calib_batches(supernet, resolution: int, calibration: str | Path | None = None) -> list[torch.Tensor] | None:
-    x = load_calibration(supernet.family, resolution, calibration)
-    return None if x is None else list(x.split(500))
 
 
 def prepare(supernet_name: str, weights: str | None, arch: Mapping[str, Any],
@@ -49,14 +48,15 @@ def prepare(supernet_name: str, weights: str | None, arch: Mapping[str, Any],
 
     Freshly initialized weights (``weights_hash == "init"``) are not recalibrated: their statistics
     carry no information, and latency work does not need it.  Trained weights of a family without
-    shipped calibration images and no ``calibration`` are exported with the supernet's own statistics
-    (the manifest says ``bn_recalibrated: false``).
+    shipped calibration images need ``calibration`` (images, or ``"none"`` to export the weight-sharing
+    statistics on purpose; the manifest then says ``bn_recalibrated: false``).
     """
     net = create_supernet(supernet_name, weights=weights)
     a = net.space.normalize(arch)
-    source: Any = "auto" if calibration is None else calibration
-    if calibration is None and net.weights_hash != "init" and load_calibration(net, net.family.resolution(a)) is None:
-        source = None
+    if str(calibration) == NO_RECALIBRATION:
+        source: Any = None
+    else:
+        source = "auto" if calibration is None else calibration
     sub = net.extract(a, calibration=source)
     return net, a, sub.eval(), bool(sub.recalibrated)
 

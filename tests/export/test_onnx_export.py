@@ -74,3 +74,26 @@ def test_failed_export_leaves_nothing(tmp_path):
     with pytest.raises(ExportError):
         export_onnx(Bad(), tmp_path / "x.onnx", (1, 4, 4))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trained_imagenet_weights_need_calibration_images_or_an_explicit_none(tmp_path):
+    """Deployable subnets are BN-recalibrated: with trained weights and no shipped images, export asks
+    for them (one line, nothing written); ``calibration="none"`` keeps the supernet's statistics on purpose."""
+    import hwnas
+    from hwnas.errors import DataError
+
+    net = randomize(create_supernet("ofa_mbv3_w1.0", pretrained=False), 5)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    arch = dict(net.space.min_arch(), r=128)
+    with pytest.raises(DataError, match="no shipped calibration images") as e:
+        hwnas.export(arch, tmp_path / "a.onnx", supernet="ofa_mbv3_w1.0", weights=tmp_path / "w.pt")
+    assert "\n" not in str(e.value) and not (tmp_path / "a.onnx").exists()
+    raw = hwnas.export(arch, tmp_path / "b.onnx", supernet="ofa_mbv3_w1.0", weights=tmp_path / "w.pt",
+                       calibration="none")
+    assert raw.manifest["bn_recalibrated"] is False
+    images = torch.randn(64, 3, 128, 128).numpy()
+    np.savez(tmp_path / "calib.npz", images=images)
+    cal = hwnas.export(arch, tmp_path / "c.onnx", supernet="ofa_mbv3_w1.0", weights=tmp_path / "w.pt",
+                       calibration=tmp_path / "calib.npz")
+    assert cal.manifest["bn_recalibrated"] is True
+    assert cal.manifest["output_check"]["max_abs_err"] < 1e-4

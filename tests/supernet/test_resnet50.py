@@ -279,7 +279,7 @@ def test_onnx_export_matches_pytorch(tmp_path, fam, space, net):
 # ---------------------------------------------------------------------------------- predictors, search
 def test_predictor_and_search_work_on_its_genes(tmp_path, fam, space):
     from hwnas.predictors import create_predictor, load_predictor, save_predictor
-    from hwnas.search import search_front
+    from hwnas.archsearch import search_front
 
     rng = np.random.default_rng(0)
     X = space.canonicalize(rng.integers(0, space.vector_upper + 1, size=(40, space.vector_length)))

@@ -16,7 +16,7 @@ from search_settings import FAST  # noqa: E402
 
 from hwnas.devices import Store  # noqa: E402
 from hwnas.jobs import supernet_model_builder  # noqa: E402
-from hwnas.search import device_measure, encode_archs  # noqa: E402
+from hwnas.archsearch import device_measure, encode_archs  # noqa: E402
 from hwnas.supernet.registry import create_supernet, get_family  # noqa: E402
 
 SUPERNET = "mbv3_fmnist"

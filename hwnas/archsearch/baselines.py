@@ -22,7 +22,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 
 from hwnas.errors import SearchError
-from hwnas.search.problem import VectorFn, canonicalize, nondominated, search_front
+from hwnas.archsearch.problem import VectorFn, canonicalize, nondominated, search_front
 from hwnas.supernet.family import SearchSpace
 
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from hwnas.errors import SearchError
-from hwnas.search.problem import FrontSearch, VectorFn, canonicalize, search_front
-from hwnas.search.units import parse_latency
+from hwnas.archsearch.problem import FrontSearch, VectorFn, canonicalize, search_front
+from hwnas.archsearch.units import parse_latency
 from hwnas.supernet.family import SearchSpace
 
 # measure(archs) -> one latency in ms per arch (nan where the arch could not be measured)

@@ -7,7 +7,7 @@ import pytest
 from pymoo.core.population import Population
 
 from hwnas.errors import HwnasError, SearchError
-from hwnas.search import (
+from hwnas.archsearch import (
     CanonicalRepair,
     CategoricalMutation,
     SubnetProblem,
@@ -16,7 +16,7 @@ from hwnas.search import (
     parse_latency,
     search_front,
 )
-from hwnas.search.problem import CountingFn, nondominated
+from hwnas.archsearch.problem import CountingFn, nondominated
 from search_fixtures import macs_fn
 
 

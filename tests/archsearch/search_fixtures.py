@@ -16,7 +16,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from hwnas.search import canonicalize
+from hwnas.archsearch import canonicalize
 from hwnas.supernet.families.mbv3.layers import make_divisible
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwnas.search import (
+from hwnas.archsearch import (
     evolution_search,
     evolution_sweep,
     hypervolume,
@@ -14,7 +14,7 @@ from hwnas.search import (
     reference_point,
     sweep_budgets,
 )
-from hwnas.search.problem import nondominated
+from hwnas.archsearch.problem import nondominated
 
 
 def test_hypervolume_known_values() -> None:

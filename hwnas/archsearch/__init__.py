@@ -6,7 +6,7 @@ Predictors plug in through one protocol: a callable on the ``(N, L)`` integer ge
 floats: ``predict_accuracy``, ``predict_latency`` (ms) and optional extra objectives (minimized).
 """
 
-from hwnas.search.baselines import (
+from hwnas.archsearch.baselines import (
     BaselineFront,
     evolution_search,
     evolution_sweep,
@@ -16,7 +16,7 @@ from hwnas.search.baselines import (
     reference_point,
     sweep_budgets,
 )
-from hwnas.search.loop import (
+from hwnas.archsearch.loop import (
     FrontPoint,
     MeasuredPoint,
     RoundStats,
@@ -24,9 +24,9 @@ from hwnas.search.loop import (
     SearchResult,
     closed_loop_search,
 )
-from hwnas.search.measure import device_measure
-from hwnas.search.output import best_arch_dict, format_table, plot_front, write_outputs
-from hwnas.search.problem import (
+from hwnas.archsearch.measure import device_measure
+from hwnas.archsearch.output import best_arch_dict, format_table, plot_front, write_outputs
+from hwnas.archsearch.problem import (
     CanonicalRepair,
     CategoricalMutation,
     FrontSearch,
@@ -38,7 +38,7 @@ from hwnas.search.problem import (
     make_nsga2,
     search_front,
 )
-from hwnas.search.units import parse_latency
+from hwnas.archsearch.units import parse_latency
 
 __all__ = [
     "BaselineFront",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from hwnas.search.loop import MeasureFn
+from hwnas.archsearch.loop import MeasureFn
 from hwnas.supernet.family import SearchSpace
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from hwnas.search import closed_loop_search, encode_archs, format_table, write_outputs
+from hwnas.archsearch import closed_loop_search, encode_archs, format_table, write_outputs
 from hwnas.supernet.family import load_arch_file
 from search_fixtures import RidgeLatency
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hwnas.errors import HwnasError, SearchError
-from hwnas.search import SearchResult, closed_loop_search, encode_archs
+from hwnas.archsearch import SearchResult, closed_loop_search, encode_archs
 from search_fixtures import RidgeLatency, macs_fn
 
 
@@ -129,8 +129,8 @@ def test_loop_rejects_bad_callbacks(space, predict_accuracy, predict_latency) ->
 
 
 def test_select_candidates_brackets_the_budget(space) -> None:
-    from hwnas.search.loop import select_candidates
-    from hwnas.search.problem import FrontSearch
+    from hwnas.archsearch.loop import select_candidates
+    from hwnas.archsearch.problem import FrontSearch
 
     lat = np.linspace(0.1, 1.1, 51)  # a front: accuracy rises with latency
     F = np.column_stack([-(0.8 + 0.1 * lat), lat])
@@ -148,7 +148,7 @@ def test_select_candidates_brackets_the_budget(space) -> None:
 
 def test_device_measure_reports_failed_archs_as_nan(space, store, latency_data) -> None:
     from hwnas.errors import ExportError
-    from hwnas.search import device_measure
+    from hwnas.archsearch import device_measure
     from search_settings import FAST
 
     def build(arch):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hwnas.io import atomic_output, atomic_outputs
-from hwnas.search.loop import SearchResult
+from hwnas.archsearch.loop import SearchResult
 
 
 def _json(obj: Any) -> str:
