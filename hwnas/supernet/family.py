@@ -141,6 +141,18 @@ class SearchSpace(ABC):
         return hashlib.sha1(json.dumps(self.canonical(arch), sort_keys=True).encode()).hexdigest()[:8]
 
 
+def resolution_aliases(arch: Mapping[str, Any], default: int) -> dict:
+    """A copy of an OFA-format arch with its resolution under ``r``: OFA's code also spells it
+    ``image_size``, and its archs often omit it (then ``default``, the largest)."""
+    arch = dict(arch)
+    if "r" not in arch and "image_size" in arch:
+        arch["r"] = arch.pop("image_size")
+    else:
+        arch.pop("image_size", None)
+    arch.setdefault("r", default)
+    return arch
+
+
 # ---------------------------------------------------------------------------------- one-hot helper
 def gene_onehot(space: SearchSpace, Xi: np.ndarray) -> np.ndarray:
     """float32 one-hot of every gene of canonical rows ``Xi``, zero where a gene has no effect.
@@ -281,6 +293,30 @@ class SupernetFamily(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
 
+class ConfigFamily(SupernetFamily):
+    """A family built from a frozen config dataclass holding ``name``, ``in_channels``, ``n_classes``,
+    ``mean``, ``std``, ``dataset`` and a ``space`` property, for OFA-format archs whose resolution is
+    ``r`` (square inputs)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.name = config.name
+        self.in_channels = config.in_channels
+        self.n_classes = config.n_classes
+        self.mean = tuple(config.mean)
+        self.std = tuple(config.std)
+        self.dataset = config.dataset
+        self._space = config.space
+
+    @property
+    def space(self) -> SearchSpace:
+        return self._space
+
+    def input_shape(self, arch: Mapping[str, Any]) -> tuple[int, int, int]:
+        r = self._space.normalize(arch)["r"]
+        return (self.in_channels, r, r)
+
+
 # ---------------------------------------------------------------------------------- the torch side
 class SupernetModule(nn.Module, metaclass=ABCMeta):
     """Base class of every family's torch supernet: ``set_active``, ``extract_static`` and the shared
@@ -376,5 +412,5 @@ def parse_arch(text_or_path: str | Mapping[str, Any]) -> dict:
     return load_arch_file(s)
 
 
-__all__ = ["Arch", "CapabilityError", "SearchSpace", "SupernetFamily", "SupernetModule", "gene_onehot",
-           "gene_onehot_names", "load_arch_file", "parse_arch"]
+__all__ = ["Arch", "CapabilityError", "ConfigFamily", "SearchSpace", "SupernetFamily", "SupernetModule", "gene_onehot",
+           "gene_onehot_names", "load_arch_file", "parse_arch", "resolution_aliases"]

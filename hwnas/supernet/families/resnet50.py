@@ -57,11 +57,12 @@ from torch import nn
 
 from hwnas.errors import ArchError
 from hwnas.supernet.family import (
+    ConfigFamily,
     SearchSpace,
-    SupernetFamily,
     SupernetModule,
     gene_onehot,
     gene_onehot_names,
+    resolution_aliases,
 )
 from hwnas.supernet.registry import register_family_kind, register_supernet
 
@@ -211,13 +212,7 @@ class ResNetSpace(SearchSpace):
         """A validated copy of ``arch`` (``{"d", "e", "w", "r"}``) or ``ArchError`` naming the bad field."""
         if not isinstance(arch, Mapping):
             raise ArchError(f"arch must be a JSON object with keys d, e, w, r; got {type(arch).__name__}")
-        arch = dict(arch)
-        if "r" not in arch and "image_size" in arch:
-            arch["r"] = arch.pop("image_size")
-        else:
-            arch.pop("image_size", None)
-        if "r" not in arch:
-            arch["r"] = max(self.resolutions)  # OFA's ResNet archs usually carry no resolution
+        arch = resolution_aliases(arch, max(self.resolutions))
         missing = [k for k in ("d", "e", "w") if k not in arch]
         if missing:
             raise ArchError(f"arch is missing field(s) {', '.join(missing)}; expected keys d, e, w, r")
@@ -951,7 +946,7 @@ def _ofa_respellings(key: str) -> list[str]:
 
 # ================================================================================== the family
 @register_family_kind
-class ResNet50Family(SupernetFamily):
+class ResNet50Family(ConfigFamily):
     """An OFA-ResNet family from its ``ResNetConfig`` (see the module docstring)."""
 
     kind = "ofa_resnet"
@@ -962,25 +957,10 @@ class ResNet50Family(SupernetFamily):
 
     def __init__(self, config: ResNetConfig | None = None):
         config = ResNetConfig() if config is None else config
-        self.config = config
-        self.name = config.name
-        self.in_channels = config.in_channels
-        self.n_classes = config.n_classes
-        self.mean = tuple(config.mean)
-        self.std = tuple(config.std)
-        self.dataset = config.dataset
-        self._space = config.space
-
-    @property
-    def space(self) -> ResNetSpace:
-        return self._space
+        super().__init__(config)
 
     def build(self) -> OFAResNets:
         return OFAResNets(self.config, family=self)
-
-    def input_shape(self, arch: Mapping[str, Any]) -> tuple[int, int, int]:
-        r = self._space.normalize(arch)["r"]
-        return (self.in_channels, r, r)
 
     def default_anchor(self) -> Arch:
         """The middle choice of every gene (canonical)."""

@@ -17,11 +17,11 @@ from hwnas.supernet.families.mbv3 import features as _features
 from hwnas.supernet.families.mbv3 import lut as _lut
 from hwnas.supernet.families.mbv3.model import MBv3Config, MBv3Subnet, OFAMobileNetV3, ofa_imagenet_config
 from hwnas.supernet.families.mbv3.space import ArchSpace
-from hwnas.supernet.family import SupernetFamily
+from hwnas.supernet.family import ConfigFamily
 from hwnas.supernet.registry import register_supernet
 
 
-class MobileNetV3Family(SupernetFamily):
+class MobileNetV3Family(ConfigFamily):
     """A MobileNetV3 family from its ``MBv3Config`` (see the module docstring)."""
 
     kind = "ofa_mbv3"
@@ -32,26 +32,8 @@ class MobileNetV3Family(SupernetFamily):
     # per-tensor scale) and the classifier (the logits themselves), then the first conv too
     int8_fallback_excludes = (("se", "classifier"), ("se", "classifier", "first_conv"))
 
-    def __init__(self, config: MBv3Config):
-        self.config = config
-        self.name = config.name
-        self.in_channels = config.in_channels
-        self.n_classes = config.n_classes
-        self.mean = tuple(config.mean)
-        self.std = tuple(config.std)
-        self.dataset = config.dataset
-        self._space = config.space
-
-    @property
-    def space(self) -> ArchSpace:
-        return self._space
-
     def build(self) -> OFAMobileNetV3:
         return OFAMobileNetV3(self.config, family=self)
-
-    def input_shape(self, arch: Mapping[str, Any]) -> tuple[int, int, int]:
-        r = self._space.normalize(arch)["r"]
-        return (self.in_channels, r, r)
 
     def default_anchor(self) -> dict:
         """The middle choice of every gene."""

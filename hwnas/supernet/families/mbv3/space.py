@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from hwnas.errors import ArchError
-from hwnas.supernet.family import SearchSpace
+from hwnas.supernet.family import SearchSpace, resolution_aliases
 
 Arch = dict  # {"ks": list[int], "e": list[int], "d": list[int], "r": int}
 
@@ -44,13 +44,7 @@ class ArchSpace(SearchSpace):
         """Return a canonical copy of ``arch`` or raise ``ArchError`` naming the bad field."""
         if not isinstance(arch, Mapping):
             raise ArchError(f"arch must be a JSON object with keys ks, e, d, r; got {type(arch).__name__}")
-        arch = dict(arch)
-        if "r" not in arch and "image_size" in arch:
-            arch["r"] = arch.pop("image_size")
-        else:
-            arch.pop("image_size", None)
-        if "r" not in arch:
-            arch["r"] = max(self.resolutions)  # OFA's archs often omit it; the largest is its default
+        arch = resolution_aliases(arch, max(self.resolutions))  # OFA's archs often omit it
         missing = [k for k in ("ks", "e", "d") if k not in arch]
         if missing:
             raise ArchError(f"arch is missing field(s) {', '.join(missing)}; expected keys ks, e, d, r")
