@@ -417,7 +417,7 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
                     fit = fit_job(store, spec, fam.name, target="latency", kind="xgb", out=tmpdir / "lat.json",
                                   holdout=0.0, seed=seed)
                 else:  # the given predictor, corrected on what the device measured so far
-                    if len(rows) < 2:
+                    if len(rows) < 5:  # a transfer fit needs a few measurements
                         return prior.predict
                     fit = fit_job(store, spec, fam.name, target="latency", kind="transfer", prior=prior,
                                   out=tmpdir / "lat.json", holdout=0.0, seed=seed)

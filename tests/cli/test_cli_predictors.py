@@ -33,9 +33,9 @@ def test_predictor_predict_matches_the_artifact(tmp_path):
 
 def test_search_with_given_predictors_and_no_profile(tmp_path):
     """A shipped latency predictor drives the search on a store with no rows yet; the loop measures
-    its candidates on the device and corrects the predictor on them."""
+    its candidates on the device and, in the second round, corrects the predictor on them (transfer fit)."""
     out = tmp_path / "search"
-    r = hwnas("search", "--device", "ort-cpu-1t", "--store", tmp_path / "store.sqlite", "--rounds", "1",
+    r = hwnas("search", "--device", "ort-cpu-1t", "--store", tmp_path / "store.sqlite", "--rounds", "2",
               "--latency-predictor", SHIPPED / "ort-cpu-1t.xgb.json", "--accuracy-predictor",
               SHIPPED / "accuracy.json", "-o", out, "--json")
     assert r.returncode == 0, r.stderr
