@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_fixtures():
-    spec = importlib.util.spec_from_file_location("search_fixtures", ROOT / "tests" / "search" / "search_fixtures.py")
+    spec = importlib.util.spec_from_file_location("search_fixtures", ROOT / "tests" / "archsearch" / "search_fixtures.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -310,6 +310,13 @@ def _describe_predictor(pred: Any, source: str, fit: Mapping[str, Any] | None = 
     return d
 
 
+# the search's size per round, on the predictors: NSGA-II for SEARCH_TIME_S seconds, then the budget
+# refinement for REFINE_TIME_S (the shipped predictors run at about 100k-300k archs/s on 2 cores)
+SEARCH_POP_SIZE = 128
+SEARCH_TIME_S = 2.0
+REFINE_TIME_S = 1.0
+
+
 def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, supernet: Any = "mbv3_fmnist",
            store: str | Path = DEFAULT_STORE, out: str | Path = "hwnas-out/search", rounds: int = 2, seed: int = 0,
            weights: str | Path | None = None, latency_predictor: str | Path | Any = None,
@@ -425,6 +432,7 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
 
             result = closed_loop_search(
                 net.space, acc_pred.predict, lat_pred.predict, refit, measure, budget_ms, rounds=rounds, seed=seed,
+                pop_size=SEARCH_POP_SIZE, time_s=SEARCH_TIME_S, refine_time_s=REFINE_TIME_S,
                 evaluate_accuracy=evaluate_fn, supernet=fam.name, device=spec.name)
         fitted = (tmpdir / "latency.json").read_bytes() if lat_fit is not None else None
     finally:

@@ -38,6 +38,7 @@ from hwnas.archsearch.problem import (
     make_nsga2,
     search_front,
 )
+from hwnas.archsearch.refine import Refinement, near_budget_rows, refine_for_budget
 from hwnas.archsearch.units import parse_latency
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "FrontPoint",
     "FrontSearch",
     "MeasuredPoint",
+    "Refinement",
     "RoundStats",
     "SearchEvent",
     "SearchResult",
@@ -63,11 +65,13 @@ __all__ = [
     "format_table",
     "hypervolume",
     "make_nsga2",
+    "near_budget_rows",
     "nsga2_front",
     "parse_latency",
     "plot_front",
     "random_search",
     "reference_point",
+    "refine_for_budget",
     "search_front",
     "sweep_budgets",
     "write_outputs",

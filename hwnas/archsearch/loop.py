@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from hwnas.errors import SearchError
-from hwnas.archsearch.problem import FrontSearch, VectorFn, canonicalize, search_front
+from hwnas.archsearch.problem import FrontSearch, VectorFn, canonicalize, nondominated, search_front
+from hwnas.archsearch.refine import Refinement, near_budget_rows, refine_for_budget
 from hwnas.archsearch.units import parse_latency
 from hwnas.supernet.family import SearchSpace
 
@@ -32,7 +33,7 @@ AccuracyFn = Callable[[list[dict]], Sequence[float]]
 class SearchEvent:
     """Progress of a closed-loop search, passed to the ``progress`` callback."""
 
-    stage: str  # "fastest" | "search" | "measure" | "refit" | "evaluate" | "done"
+    stage: str  # "fastest" | "search" | "refine" | "measure" | "refit" | "evaluate" | "done"
     round: int
     rounds: int
     message: str
@@ -51,7 +52,7 @@ class MeasuredPoint:
     predicted_latency_ms: float  # by the latency predictor of the round that picked it (before refit)
     predicted_accuracy: float
     round: int  # 0: the fastest-arch check before the first round
-    reason: str  # "fastest" | "near-budget" | "spread" | "fill"
+    reason: str  # "fastest" | "refined" | "near-budget" | "spread" | "fill"
     evaluated_accuracy: float | None = None
 
     @property
@@ -95,6 +96,10 @@ class RoundStats:
     best_arch_id: str
     best_measured_latency_ms: float
     best_accuracy: float
+    refine_evals: int = 0  # of predictor_evals, those of the budget refinement
+    front_best_accuracy: float | None = None  # best NSGA-II front point predicted within the budget
+    refined_accuracy: float | None = None  # best arch of the refinement (predicted, within the budget)
+    refined_latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +123,7 @@ class SearchResult:
     search_s: float
     measure_s: float
     predictor_evals: int
-    evals_per_s: float  # predictor evaluations per second of NSGA-II search time
+    evals_per_s: float  # predictor evaluations per second of search time (NSGA-II and refinement)
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +145,21 @@ class SearchResult:
             "evals_per_s": self.evals_per_s,
             "settings": dict(self.settings),
         }
+
+
+def _merge_front(front: FrontSearch, ref: Refinement, extra_objectives: Mapping[str, VectorFn] | None) -> FrontSearch:
+    """``front`` with the refinement's archs added: the non-dominated set of both, sorted by latency."""
+    Xr = np.asarray(ref.X, dtype=np.int64)
+    cols = [-np.asarray(ref.accuracies, dtype=float), np.asarray(ref.latencies_ms, dtype=float)]
+    cols += [np.asarray(fn(Xr), dtype=float).reshape(-1) for fn in (extra_objectives or {}).values()]
+    X = np.concatenate([front.X, Xr])
+    F = np.concatenate([front.F, np.column_stack(cols)])
+    _, first = np.unique(X, axis=0, return_index=True)
+    first = np.sort(first)
+    X, F = X[first], F[first]
+    idx = nondominated(F)
+    idx = idx[np.lexsort((F[idx, 0], F[idx, 1]))]
+    return replace(front, X=X[idx], F=F[idx])
 
 
 def _measure(measure: MeasureFn, archs: list[dict]) -> list[float]:
@@ -221,7 +241,11 @@ def closed_loop_search(
     *,
     rounds: int = 3,
     pop_size: int = 64,
-    n_gen: int = 40,
+    n_gen: int | None = None,
+    time_s: float | None = None,
+    refine: bool = True,
+    refine_evals: int | None = None,
+    refine_time_s: float | None = None,
     n_verify: int = 6,
     n_spread: int = 2,
     band: tuple[float, float] = (0.8, 1.1),
@@ -248,6 +272,14 @@ def closed_loop_search(
     pessimistic); the final choice uses measured latency against the exact budget.  With
     ``evaluate_accuracy`` the ``n_evaluate`` most promising within-budget archs are evaluated and
     the best evaluated accuracy wins.
+
+    Sizing, per round: NSGA-II runs ``n_gen`` generations of ``pop_size`` (default 40), or with
+    ``time_s`` as many as fit in ``time_s`` seconds (capped at ``n_gen`` if given too).  Then, with
+    ``refine``, ``refine_for_budget`` closes the budget from the front points near it
+    (``refine_evals`` archs, default 10,000, or ``refine_time_s`` seconds); its best arch is the
+    round's first candidate (reason "refined") and its archs join the front (non-dominated merge,
+    so the front's hypervolume can only grow).  ``predictor_evals`` counts both stages.  Only
+    evaluation counts (no ``time_s``/``refine_time_s``) make a run deterministic for a seed.
     """
     budget = parse_latency(budget_ms)
     if int(rounds) < 1:
@@ -303,19 +335,45 @@ def closed_loop_search(
             for p in measured.values()
         ]
 
+    if refine_evals is None and refine_time_s is None:
+        refine_evals = 10_000
     lat_fn = predict_latency
     front: FrontSearch | None = None
     for k in range(1, rounds + 1):
-        emit(SearchEvent("search", k, rounds, f"round {k}/{rounds}: NSGA-II, {pop_size} x {n_gen} on the predictors"))
+        size = f"{pop_size} x {n_gen}" if time_s is None else f"{pop_size} x up to {time_s:g} s"
+        emit(SearchEvent("search", k, rounds, f"round {k}/{rounds}: NSGA-II, {size} on the predictors"))
         front = search_front(
             space, predict_accuracy, lat_fn, budget_ms=budget * (1 + constraint_slack),
             extra_objectives=extra_objectives, pop_size=pop_size, n_gen=n_gen, seed=seed + k - 1, crossover=crossover,
+            time_s=time_s,
         )  # fmt: skip
-        search_s += front.wall_s
-        n_evals += front.n_evals
+        round_s, round_evals = front.wall_s, front.n_evals
+        ok_front = front.latency_ms <= budget
+        front_best = float(front.accuracy[ok_front].max()) if ok_front.any() else None
+        ref: Refinement | None = None
+        if refine:
+            emit(SearchEvent("refine", k, rounds, f"round {k}/{rounds}: refining for {budget:.4g} ms on the predictors"))
+            ref = refine_for_budget(
+                space, predict_accuracy, lat_fn, budget, near_budget_rows(front.X, front.latency_ms, budget),
+                n_evals=refine_evals, time_s=refine_time_s, seed=seed + k - 1,
+            )  # fmt: skip
+            round_s += ref.wall_s
+            round_evals += ref.n_evals
+            if ref.x is not None:
+                front = _merge_front(front, ref, extra_objectives)
+        search_s += round_s
+        n_evals += round_evals
         ids = [space.arch_id(space.decode(x)) for x in front.X]
         pop_ids = [space.arch_id(space.decode(x)) for x in front.population_X]
-        picks = select_candidates(front, budget, set(measured), ids, pop_ids, n_verify=n_verify, n_spread=n_spread, band=band)
+        first: list[tuple[str, int, str]] = []
+        if ref is not None and ref.x is not None:
+            rid = space.arch_id(space.decode(ref.x))
+            if rid not in measured and rid in ids:
+                first = [("front", ids.index(rid), "refined")]
+        picks = first + select_candidates(
+            front, budget, set(measured) | {ids[i] for _, i, _ in first}, ids, pop_ids,
+            n_verify=n_verify - len(first), n_spread=n_spread, band=band,
+        )  # fmt: skip
         archs, pred_lat, pred_acc, reasons = [], [], [], []
         for src, i, reason in picks:
             Xs, Fs = (front.X, front.F) if src == "front" else (front.population_X, front.population_F)
@@ -346,11 +404,15 @@ def closed_loop_search(
             lat_fn = new
         b = best_so_far()
         stats.append(RoundStats(
-            round=k, predictor_evals=front.n_evals, search_s=front.wall_s, evals_per_s=front.evals_per_s,
+            round=k, predictor_evals=round_evals, search_s=round_s,
+            evals_per_s=round_evals / round_s if round_s > 0 else float("inf"),
             front_size=len(front.X), predicted_feasible=front.feasible, n_measured=len(errs), measure_s=dt,
             latency_mape_pct=float(np.mean(errs)) if errs else None,
             latency_max_err_pct=float(np.max(errs)) if errs else None, refit_s=refit_s,
             best_arch_id=b.arch_id, best_measured_latency_ms=b.measured_latency_ms, best_accuracy=b.accuracy,
+            refine_evals=ref.n_evals if ref is not None else 0, front_best_accuracy=front_best,
+            refined_accuracy=ref.accuracy if ref is not None else None,
+            refined_latency_ms=ref.latency_ms if ref is not None else None,
         ))  # fmt: skip
 
     # ---------------------------------------------------------------- final choice
@@ -391,7 +453,8 @@ def closed_loop_search(
         rounds=tuple(stats), objective_names=tuple(names), wall_s=wall, search_s=search_s, measure_s=measure_s,
         predictor_evals=n_evals, evals_per_s=n_evals / search_s if search_s > 0 else float("inf"),
         settings={
-            "rounds": rounds, "pop_size": pop_size, "n_gen": n_gen, "n_verify": n_verify, "n_spread": n_spread,
+            "rounds": rounds, "pop_size": pop_size, "n_gen": n_gen, "time_s": time_s, "refine": bool(refine),
+            "refine_evals": refine_evals, "refine_time_s": refine_time_s, "n_verify": n_verify, "n_spread": n_spread,
             "band": list(band), "constraint_slack": constraint_slack, "seed": seed, "crossover": crossover,
             "n_evaluate": n_evaluate if evaluate_accuracy is not None else None,
         },

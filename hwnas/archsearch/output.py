@@ -168,7 +168,8 @@ def format_table(result: SearchResult, max_rows: int = 12) -> str:
         )
     lines.append(
         f"wall {result.wall_s:.1f} s (search {result.search_s:.1f} s, measuring {result.measure_s:.1f} s); "
-        f"{result.predictor_evals} predictor evaluations, {result.evals_per_s:.0f}/s"
+        f"{result.predictor_evals} archs predicted ({sum(r.refine_evals for r in result.rounds)} by the budget "
+        f"refinement), {result.evals_per_s:.0f}/s"
     )
     return "\n".join(lines)
 

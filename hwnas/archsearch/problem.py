@@ -24,6 +24,9 @@ from pymoo.core.sampling import Sampling
 from pymoo.operators.crossover.pntx import TwoPointCrossover
 from pymoo.operators.crossover.ux import UniformCrossover
 from pymoo.optimize import minimize
+from pymoo.termination.collection import TerminationCollection
+from pymoo.termination.max_gen import MaximumGenerationTermination
+from pymoo.termination.max_time import TimeBasedTermination
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from hwnas.errors import SearchError
@@ -281,14 +284,23 @@ def search_front(
     budget_ms: float | None = None,
     extra_objectives: Mapping[str, VectorFn] | None = None,
     pop_size: int = 64,
-    n_gen: int = 40,
+    n_gen: int | None = None,
     seed: int = 0,
     crossover: str = "uniform",
     mutation_prob_var: float | None = 0.1,
+    time_s: float | None = None,
 ) -> FrontSearch:
     """Run NSGA-II (pymoo ``minimize``) on the predictors and return the non-dominated set, sorted
-    by predicted latency.  ``n_evals`` counts archs actually passed to the predictors."""
-    if n_gen < 1:
+    by predicted latency.  ``n_evals`` counts archs actually passed to the predictors.
+
+    Size: ``n_gen`` generations (default 40), or with ``time_s`` as many generations as fit in
+    ``time_s`` seconds (capped at ``n_gen`` when both are given).  Only ``n_gen`` alone is
+    deterministic for a seed; ``FrontSearch.n_gen`` is the number of generations actually run."""
+    if time_s is not None and not time_s > 0:
+        raise SearchError(f"time_s must be positive; got {time_s}")
+    if n_gen is None and time_s is None:
+        n_gen = 40
+    if n_gen is not None and n_gen < 1:
         raise SearchError(f"number of generations must be at least 1; got {n_gen}")
     acc = CountingFn(predict_accuracy, "predict_accuracy")
     lat = CountingFn(predict_latency, "predict_latency")
@@ -296,8 +308,15 @@ def search_front(
     problem = SubnetProblem(space, acc, lat, budget_ms=budget_ms, extra_objectives=extra)
     algo = make_nsga2(space, pop_size, crossover=crossover, mutation_prob_var=mutation_prob_var)
     t0 = time.perf_counter()
-    res = minimize(problem, algo, ("n_gen", int(n_gen)), seed=int(seed), verbose=False, copy_algorithm=False)
+    if time_s is None:
+        termination = MaximumGenerationTermination(int(n_gen))
+    elif n_gen is None:
+        termination = TimeBasedTermination(float(time_s))
+    else:
+        termination = TerminationCollection(MaximumGenerationTermination(int(n_gen)), TimeBasedTermination(float(time_s)))
+    res = minimize(problem, algo, termination, seed=int(seed), verbose=False, copy_algorithm=False)
     wall = time.perf_counter() - t0
+    gens_run = int(getattr(res.algorithm, "n_gen", None) or 1) - 1 if time_s is not None else int(n_gen)
     pop = res.pop
     PX = canonicalize(space, np.asarray(pop.get("X")))
     PF = np.asarray(pop.get("F"), dtype=float)
@@ -318,7 +337,7 @@ def search_front(
     return FrontSearch(
         X=PX[idx], F=PF[idx], population_X=PX, population_F=PF,
         objective_names=problem.objective_names, budget_ms=budget_ms,
-        n_evals=problem.n_rows, n_calls=problem.n_calls, n_gen=int(n_gen), pop_size=int(pop_size), seed=int(seed),
+        n_evals=problem.n_rows, n_calls=problem.n_calls, n_gen=max(1, gens_run), pop_size=int(pop_size), seed=int(seed),
         wall_s=wall, predictor_s=acc.seconds + lat.seconds + sum(e.seconds for e in extra.values()),
         feasible=feasible,
     )  # fmt: skip
