@@ -32,17 +32,16 @@ from hwnas.supernet.registry import create_supernet, get_family, read_state_dict
 OFA_KW = dict(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], n_classes=1000)
 
 
-def import_ofa_mbv3() -> tuple[type, str]:
-    """OFA's ``OFAMobileNetV3`` class and how it was imported.
+def import_ofa_class(module: str, attr: str) -> tuple[type, str]:
+    """A class of OFA's package (e.g. ``OFAMobileNetV3``) and how it was imported.
 
     ``ofa.utils/__init__`` star-imports OFA's ImageNet data loader, which imports torchvision and
     PIL at import time; the network code uses neither.  Where torchvision is missing or cannot
     load (PyPI's CUDA build beside a CPU torch), the package ``ofa.utils`` is assembled from the
     same submodules its ``__init__`` imports, less ``my_dataloader``.  OFA's code is not changed.
     """
-    name = "ofa.imagenet_classification.elastic_nn.networks.ofa_mbv3"
     try:
-        return importlib.import_module(name).OFAMobileNetV3, "ofa package import (torchvision present)"
+        return getattr(importlib.import_module(module), attr), "ofa package import (torchvision present)"
     except Exception as exc:  # ModuleNotFoundError (torchvision/PIL) or torchvision's RuntimeError
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     for mod in [m for m in sys.modules if m == "ofa" or m.startswith("ofa.")]:
@@ -60,7 +59,12 @@ def import_ofa_mbv3() -> tuple[type, str]:
         public = getattr(m, "__all__", [k for k in vars(m) if not k.startswith("_")])
         for k in public:
             setattr(utils, k, getattr(m, k))
-    return importlib.import_module(name).OFAMobileNetV3, f"ofa.utils without its data loader ({reason})"
+    return getattr(importlib.import_module(module), attr), f"ofa.utils without its data loader ({reason})"
+
+
+def import_ofa_mbv3() -> tuple[type, str]:
+    """OFA's ``OFAMobileNetV3`` class and how it was imported (see ``import_ofa_class``)."""
+    return import_ofa_class("ofa.imagenet_classification.elastic_nn.networks.ofa_mbv3", "OFAMobileNetV3")
 
 
 @torch.no_grad()

@@ -21,52 +21,27 @@ and prints, in this order:
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import re
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
 FAMILY = "ofa_resnet50"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ofa_compat import import_ofa_class  # noqa: E402  (the sibling bench script)
+
 OFA_KW = dict(n_classes=1000, dropout_rate=0, depth_list=[0, 1, 2], expand_ratio_list=[0.2, 0.25, 0.35],
               width_mult_list=[0.65, 0.8, 1.0])
 OFA_MODULE = "ofa.imagenet_classification.elastic_nn.networks.ofa_resnets"
 
 
 def import_ofa_resnets() -> tuple[type, str]:
-    """OFA's ``OFAResNets`` class and how it was imported.
-
-    ``ofa.utils/__init__`` star-imports OFA's ImageNet data loader, which needs torchvision and PIL at
-    import time; the network code needs neither.  When the plain import fails for that reason, the
-    package ``ofa.utils`` is put together from the submodules its ``__init__`` imports, less the data
-    loader, before OFA's network modules are imported.  OFA's files are not changed.
-    """
-    try:
-        return importlib.import_module(OFA_MODULE).OFAResNets, "ofa package import (torchvision present)"
-    except Exception as exc:  # ModuleNotFoundError (torchvision/PIL) or torchvision's own RuntimeError
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        reason = f"{type(exc).__name__}: {first}"
-    for name in [m for m in sys.modules if m == "ofa" or m.startswith("ofa.")]:
-        del sys.modules[name]
-    spec = importlib.util.find_spec("ofa")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("OFA's package 'ofa' is not installed")
-    root = Path(list(spec.submodule_search_locations)[0])
-    utils = types.ModuleType("ofa.utils")
-    utils.__path__ = [str(root / "utils")]
-    utils.__package__ = "ofa.utils"
-    sys.modules["ofa.utils"] = utils
-    importlib.import_module("ofa").utils = utils
-    for sub in ("pytorch_modules", "pytorch_utils", "my_modules", "flops_counter", "common_tools"):
-        mod = importlib.import_module(f"ofa.utils.{sub}")
-        for k in getattr(mod, "__all__", [k for k in vars(mod) if not k.startswith("_")]):
-            setattr(utils, k, getattr(mod, k))
-    return importlib.import_module(OFA_MODULE).OFAResNets, f"ofa.utils without its data loader ({reason})"
+    """OFA's ``OFAResNets`` class and how it was imported (``ofa_compat.import_ofa_class``: without
+    OFA's torchvision-based data loader where torchvision cannot load)."""
+    return import_ofa_class(OFA_MODULE, "OFAResNets")
 
 
 @torch.no_grad()
