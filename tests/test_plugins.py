@@ -130,3 +130,18 @@ def test_throwaway_backend_profiles_through_the_job(tmp_path):
 
     with create_backend(spec, model=path) as ref, create_backend(load_device("ort-cpu-1t"), model=path) as ort:
         assert np.abs(ref.infer(x) - ort.infer(x)).max() < 1e-4
+
+
+def test_a_missing_capability_is_one_clear_error(tmp_path):
+    """ofa_resnet50 declares no lookup table: asking for one names the family and what it has."""
+    from hwnas.supernet.family import CapabilityError
+    from hwnas.supernet.registry import get_family
+
+    fam = get_family("ofa_resnet50")
+    assert not fam.has("lut") and get_family("mbv3_fmnist").has("lut")
+    with pytest.raises(CapabilityError, match=r"supernet ofa_resnet50 has no 'lut' capability.*its capabilities: none"):
+        fam.lut_entries()
+    from hwnas.predictors.lut import LatencyTable
+
+    with pytest.raises(CapabilityError, match="no 'lut' capability"):
+        LatencyTable("ofa_resnet50", {})

@@ -28,7 +28,7 @@ import hashlib
 import json
 from abc import ABC, ABCMeta, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,9 @@ from hwnas.errors import ArchError, DataError, HwnasError
 Arch = dict
 
 
-class CapabilityError(HwnasError, NotImplementedError):
-    """A family lacks an optional capability a command needs (the message names the family and it)."""
+class CapabilityError(HwnasError, ValueError):
+    """A family lacks an optional capability a command needs (the message names the family, the
+    capability and the capabilities it has)."""
 
 
 # ---------------------------------------------------------------------------------- search space
@@ -263,21 +264,25 @@ class SupernetFamily(ABC):
             raise CapabilityError(f"supernet {self.name} has no {capability!r} capability{f' ({what})' if what else ''}; "
                                   f"its capabilities: {have}")
 
-    # the "lut" capability
+    # the "lut" capability: families that declare it override these three
     def lut_entries(self) -> list[dict]:
         """Distinct LUT entries (dicts with a unique readable ``key``)."""
-        self.require("lut")
-        raise NotImplementedError  # pragma: no cover
+        self._undeclared("lut", "lut_entries")
 
     def lut_entry_module(self, entry: Mapping[str, Any]) -> tuple[Any, tuple[int, ...]]:
         """A static module for one entry and its input shape ``(C, H, W)``."""
-        self.require("lut")
-        raise NotImplementedError  # pragma: no cover
+        self._undeclared("lut", "lut_entry_module")
 
     def lut_usage(self, X: np.ndarray) -> np.ndarray:
         """``(N, K)`` int64 entry indices each arch's network sums (``-1`` pads unused positions)."""
-        self.require("lut")
-        raise NotImplementedError  # pragma: no cover
+        self._undeclared("lut", "lut_usage")
+
+    def _undeclared(self, capability: str, method: str) -> NoReturn:
+        """``CapabilityError`` for a family without ``capability``; a family that declares it but did not
+        write ``method`` is a bug in that family (``TypeError``, not a user error)."""
+        self.require(capability)
+        raise TypeError(f"{type(self).__name__} declares the {capability!r} capability but does not implement "
+                        f"{method}()")
 
     # ------------------------------------------------------------------ identity
     def _identity(self) -> str:
