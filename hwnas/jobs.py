@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from hwnas.errors import PredictorError, SearchError
+from hwnas.errors import DataError, PredictorError, SearchError
 
 DEFAULT_DEVICE = "ort-cpu-1t"
 DEFAULT_STORE = Path("hwnas-out/store.sqlite")
@@ -263,7 +263,8 @@ def predict(predictor: str | Path | Any, archs: Any, *, supernet: Any = None) ->
     from hwnas.predictors.artifacts import load_predictor
     from hwnas.supernet.family import parse_arch
 
-    pred = load_predictor(predictor) if isinstance(predictor, (str, Path)) else predictor
+    want = None if supernet is None else str(getattr(supernet, "name", supernet))
+    pred = load_predictor(predictor, expect_supernet=want) if isinstance(predictor, (str, Path)) else predictor
     fam = pred.family
     if supernet is not None and str(getattr(supernet, "name", supernet)) != fam.name:
         raise PredictorError(f"the predictor is for supernet {fam.name}, not {getattr(supernet, 'name', supernet)}")
@@ -310,6 +311,39 @@ def _describe_predictor(pred: Any, source: str, fit: Mapping[str, Any] | None = 
     return d
 
 
+def _accuracy_predictor_on_data(net: Any, data: Any, store: str | Path, samples: int, seed: int, out: Path,
+                                say: Log) -> tuple[Any, dict]:
+    """Evaluate ``samples`` archs (smallest, largest and random ones) on ``data`` into ``store`` (those
+    already there are reused) and fit an accuracy predictor on them (kind chosen by cross-validation)."""
+    from hwnas.devices import Store
+    from hwnas.predictors.artifacts import load_predictor
+    from hwnas.predictors.jobs import fit_job
+    from hwnas.supernet.accuracy import sample_archs
+    from hwnas.supernet.evaluate import evaluate_arch
+
+    archs = sample_archs(net.space, max(0, samples - 2), seed)
+    Path(store).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with Store(store) as st:
+        done = {r["arch_id"] for r in st.accuracies(net.weights_hash, data.split)}
+        todo = [a for a in archs if net.space.arch_id(a) not in done]
+        if todo:
+            say(f"      evaluating {len(todo)} archs on {data.split} for the accuracy predictor "
+                f"({len(archs) - len(todo)} already in {store})")
+        for i, a in enumerate(todo):
+            acc = evaluate_arch(net, a, data)
+            st.add_accuracy(net.weights_hash, net.space.arch_id(a), data.split, acc, len(data.labels),
+                            arch=net.space.canonical(a), supernet=net.family.name)
+            if (i + 1) % 10 == 0 or i + 1 == len(todo):
+                say(f"      {i + 1}/{len(todo)} evaluated ({time.perf_counter() - t0:.0f} s)")
+    fit = fit_job(store, None, net.family.name, target="accuracy", kind="auto", out=out, holdout=0.2, seed=seed,
+                  supernet_hash=net.weights_hash, split=data.split)
+    m = fit.get("metrics") or {}
+    say(f"      accuracy predictor ({fit['kind']}, {fit['n_train']} train / {fit['n_test']} held out): Kendall tau "
+        f"{m.get('kendall_tau', float('nan')):.3f}, RMSE {100 * m.get('rmse', float('nan')):.2f} points")
+    return load_predictor(fit["out"]), fit
+
+
 # the search's size per round, on the predictors: NSGA-II for SEARCH_TIME_S seconds, then the budget
 # refinement for REFINE_TIME_S (the shipped predictors run at about 100k-300k archs/s on 2 cores)
 SEARCH_POP_SIZE = 128
@@ -320,17 +354,20 @@ REFINE_TIME_S = 1.0
 def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, supernet: Any = "mbv3_fmnist",
            store: str | Path = DEFAULT_STORE, out: str | Path = "hwnas-out/search", rounds: int = 2, seed: int = 0,
            weights: str | Path | None = None, latency_predictor: str | Path | Any = None,
-           accuracy_predictor: str | Path | Any = None, evaluate: bool | None = None,
-           predictors_dir: str | Path | None = None, log: Log | None = None) -> SearchJobResult:
+           accuracy_predictor: str | Path | Any = None, evaluate: bool | None = None, data: Any = None,
+           accuracy_samples: int = 50, predictors_dir: str | Path | None = None,
+           log: Log | None = None) -> SearchJobResult:
     """Closed-loop NSGA-II search for the most accurate subnet within ``latency`` (e.g. ``"0.25ms"``;
     default: 35% into the measured range) on ``device``, verified by measuring on the device.
 
     Latency predictor: ``latency_predictor`` (an artifact: a shipped or transferred one), corrected each
     round on the device's measurements in ``store`` (a few-shot ``transfer`` fit with it as the prior);
     else xgb fitted on the store's rows of the device (profile it first).  Accuracy predictor:
-    ``accuracy_predictor``, else the one shipped with the weights.  ``evaluate`` (default: when the family
-    has a shipped validation set and trained weights) evaluates the most promising within-budget archs
-    for real.  Writes the front, the measured points, ``best.json`` and a Pareto plot to ``out``, all or
+    ``accuracy_predictor``, else the one shipped with the weights, else (with ``data``) one fitted on
+    ``accuracy_samples`` archs evaluated on the data (stored in ``store``, resumable).  ``data``: the
+    user's dataset (``hwnas.data.images.open_dataset``) for BN recalibration and accuracy.  ``evaluate``
+    (default: when there is data, given or shipped, and the weights are trained) evaluates the most
+    promising within-budget archs for real.  Writes the front, the measured points, ``best.json`` and a Pareto plot to ``out``, all or
     nothing, and nothing at all when the request is refused.
     """
     from hwnas.devices import Store
@@ -347,18 +384,35 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
     net = create_supernet(supernet, weights=weights)
     fam = net.family
     budget_ms = parse_latency(latency) if latency is not None else None
-    # ---- predictors, all checked before anything is written
+    # ---- data and predictors, all checked before anything is written
+    eval_data = None
+    if data is not None:
+        from hwnas.supernet.accuracy import open_eval_data
+
+        if net.weights_hash == "init":
+            raise DataError(f"--data evaluates accuracy, and supernet {fam.name} has no trained weights here: pass "
+                            f"--weights PATH (its checkpoint)")
+        eval_data = open_eval_data(fam, data)  # layout, channels and classes checked here, before any work
+        say(f"      data: {eval_data.describe() if hasattr(eval_data, 'describe') else eval_data.split}")
+    acc_from_data = False
     if accuracy_predictor is None:
         accuracy_predictor = shipped_predictor_path(fam.name, "accuracy.json")
-        if accuracy_predictor is None:
+        if eval_data is not None and (accuracy_predictor is None or eval_data.split != "val"):
+            acc_from_data = True  # fitted below, on archs evaluated on the user's data
+        elif accuracy_predictor is None:
             raise PredictorError(f"supernet {fam.name} ships no accuracy predictor: pass one (--accuracy-predictor "
-                                 f"FILE), fitted with `hwnas predictor fit --target accuracy --supernet {fam.name}`")
-    acc_pred = (load_predictor(accuracy_predictor, expect_supernet=fam.name, expect_target="accuracy")
-                if isinstance(accuracy_predictor, (str, Path)) else accuracy_predictor)
-    acc_meta = getattr(acc_pred, "meta_", None) or {}
-    if acc_meta.get("supernet_hash") and net.weights_hash != "init" and acc_meta["supernet_hash"] != net.weights_hash:
-        raise PredictorError(f"the accuracy predictor was fitted on supernet weights {acc_meta['supernet_hash']}, not on "
-                             f"these ({net.weights_hash}); pass a predictor of these weights")
+                                 f"FILE: an hwnas artifact or Once-for-All's .pth), or your data (--data DIR) to "
+                                 f"fit one on")
+    acc_pred = None
+    if not acc_from_data:
+        acc_pred = (load_predictor(accuracy_predictor, expect_supernet=fam.name, expect_target="accuracy")
+                    if isinstance(accuracy_predictor, (str, Path)) else accuracy_predictor)
+        acc_meta = getattr(acc_pred, "meta_", None) or {}
+        if acc_meta.get("supernet_hash") and net.weights_hash != "init" and acc_meta["supernet_hash"] != net.weights_hash:
+            raise PredictorError(f"the accuracy predictor was fitted on supernet weights {acc_meta['supernet_hash']}, not "
+                                 f"on these ({net.weights_hash}); pass a predictor of these weights")
+    if int(accuracy_samples) < 5 and acc_from_data:
+        raise PredictorError(f"accuracy_samples must be at least 5 to fit an accuracy predictor; got {accuracy_samples}")
     have_rows = Path(store).is_file()
     lats = None
     if have_rows:
@@ -372,6 +426,11 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
     tmp = tempfile.TemporaryDirectory(prefix="hwnas-search-")
     try:
         tmpdir = Path(tmp.name)
+        acc_fit = None
+        if acc_from_data:
+            acc_pred, acc_fit = _accuracy_predictor_on_data(net, eval_data, store, int(accuracy_samples), seed,
+                                                           tmpdir / "accuracy.json", say)
+            accuracy_predictor = f"fitted on {acc_fit['n_rows']} archs evaluated on {eval_data.split}"
         lat_fit = None
         if latency_predictor is None:
             lat_fit = fit_job(store, spec, fam.name, target="latency", kind="xgb", out=tmpdir / "latency.json",
@@ -406,12 +465,13 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
             f"({range_note}), {rounds} rounds")
         evaluate_fn = None
         if evaluate is None:
-            evaluate = fam.dataset == "fashion-mnist" and net.weights_hash != "init"
+            evaluate = (eval_data is not None or fam.dataset == "fashion-mnist") and net.weights_hash != "init"
         if evaluate:
-            from hwnas.supernet.evaluate import EvalData, evaluate_arch
+            from hwnas.supernet.accuracy import open_eval_data
+            from hwnas.supernet.evaluate import evaluate_arch
 
-            data = EvalData.load("val")
-            evaluate_fn = lambda archs: [evaluate_arch(net, a, data) for a in archs]  # noqa: E731
+            ev = eval_data if eval_data is not None else open_eval_data(fam)
+            evaluate_fn = lambda archs: [evaluate_arch(net, a, ev) for a in archs]  # noqa: E731
         Path(store).parent.mkdir(parents=True, exist_ok=True)
         with Store(store) as st:
             measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmpdir / "models",
@@ -450,20 +510,28 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
         predicted_latency_ms=b.predicted_latency_ms, accuracy=b.accuracy,
         accuracy_evaluated=b.evaluated_accuracy is not None,
         budget_ms=float(budget_ms), device=spec.name, supernet=fam.name, files=files,
-        latency_predictor=lat_info, accuracy_predictor=_describe_predictor(acc_pred, str(accuracy_predictor)),
+        latency_predictor=lat_info, accuracy_predictor=_describe_predictor(acc_pred, str(accuracy_predictor), acc_fit),
         n_predicted=int(result.predictor_evals), wall_s=float(result.wall_s), result=result)
 
 
 # ---------------------------------------------------------------------------------- 3. export
 def export(arch: Any, out: str | Path, *, supernet: Any = "mbv3_fmnist", weights: str | Path | None = None,
-           format: str = "onnx", batch: int = 1, device: Any = None, calibration: str | Path | None = None,
+           format: str = "onnx", batch: int = 1, device: Any = None, data: str | Path | None = None,
+           calibration: str | Path | None = None,
            dynamic_batch: bool = False, optimize: bool = True, tolerance: float = 1e-4, time_cap_s: float | None = None,
            command: str | None = None, progress: Callable[[str], None] | None = None,
            **options: Any) -> ExportResult:
     """Export ``arch`` (a dict, an arch JSON file or inline JSON) of ``supernet`` as a verified engine in
     ``format`` (see ``hwnas.formats.list_formats()``) to ``out``, with a manifest ``out.json`` beside it;
-    with ``device`` the engine's latency there is measured and recorded."""
+    with ``device`` the engine's latency there is measured and recorded.  ``data``: the user's dataset
+    (``hwnas.data.images.open_dataset``) for BN recalibration, INT8 calibration and the accuracy checks;
+    ``calibration`` is its older name, and ``"none"`` keeps the supernet's BN statistics."""
     from hwnas.formats import export_subnet
+    from hwnas.errors import ExportError
+
+    if data is not None and calibration is not None and str(data) != str(calibration):
+        raise ExportError("pass the images once: data= and calibration= name the same thing")
+    calibration = data if data is not None else calibration
     from hwnas.supernet.family import parse_arch
 
     a = parse_arch(arch) if isinstance(arch, (str, Path)) else dict(arch)

@@ -47,7 +47,9 @@ def supernet_eval_cmd(
     weights: Optional[Path] = typer.Option(None, help="Supernet weights (default: shipped)."),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="Measurement/accuracy store."),
     seed: int = typer.Option(0),
-    data: Optional[Path] = typer.Option(None, help="Fashion-MNIST IDX directory (for --split test)."),
+    data: Optional[Path] = typer.Option(None, help="Your data: an image folder (one folder per class), train/ and "
+                                                   "val/ folders, an .npz of images and labels, or a Fashion-MNIST "
+                                                   "IDX directory (default: the family's shipped set)."),
     json_: bool = JSON_OPT,
 ) -> None:
     """BN recalibration then top-1 of one arch, or of N sampled archs written to the store."""
@@ -160,15 +162,31 @@ def predictor_fit_cmd(
     holdout: float = typer.Option(0.2, help="Held-out fraction for the reported metrics."),
     max_train: Optional[int] = typer.Option(None, help="Use at most N training rows (few-shot)."),
     prior: Optional[Path] = typer.Option(None, help="Prior predictor of another device (kind transfer)."),
+    rows: Optional[Path] = typer.Option(None, "--rows", metavar="FILE",
+                                        help="Fit on (arch, accuracy) rows from a CSV or JSON file instead of "
+                                             "the store."),
+    weights: Optional[Path] = typer.Option(None, help="Accuracy: the supernet weights whose evaluations to fit "
+                                                      "(default: the shipped weights)."),
+    split: str = typer.Option("val", help="Accuracy: the stored split (default: val, or the one dataset these "
+                                          "weights were evaluated on with --data)."),
     seed: int = typer.Option(0),
     json_: bool = JSON_OPT,
 ) -> None:
     """Fit a predictor on the store's rows; report held-out RMSE, MAPE, +-5%/+-10%, Kendall tau."""
     import hwnas.jobs as jobs
 
+    extra = {"weights": weights, "split": split} if target == "accuracy" and rows is None else {}
     res = jobs.fit_predictor(store, target=target, device=device, supernet=supernet, kind=kind, out=out,
-                             holdout=holdout, seed=seed, max_train=max_train, prior=prior).to_dict()
-    emit(res, json_, lambda r: typer.echo(_metrics_line(r)))
+                             holdout=holdout, seed=seed, max_train=max_train, prior=prior, rows=rows,
+                             **extra).to_dict()
+
+    def human(r):
+        note = (r.get("rows_info") or {}).get("note")
+        if note:
+            typer.echo(f"{r['rows']}: {note}")
+        typer.echo(_metrics_line(r))
+
+    emit(res, json_, human)
 
 
 def _metrics_line(r: dict) -> str:
@@ -199,14 +217,16 @@ def predictor_eval_cmd(
 
 @predictor_app.command("predict")
 def predictor_predict_cmd(
-    predictor: Path = typer.Argument(..., help="Predictor artifact (.json)."),
+    predictor: Path = typer.Argument(..., help="Predictor artifact (.json), or Once-for-All's AccuracyPredictor "
+                                               ".pth (with --supernet)."),
     arch: str = typer.Option(..., "--arch", help="Arch JSON file (or inline JSON)."),
+    supernet: Optional[str] = typer.Option(None, help="Supernet family (needed for an OFA .pth; checked otherwise)."),
     json_: bool = JSON_OPT,
 ) -> None:
     """Predict the latency (ms) or accuracy of one arch with a saved predictor."""
     import hwnas.jobs as jobs
 
-    res = jobs.predict(predictor, arch).to_dict()
+    res = jobs.predict(predictor, arch, supernet=supernet).to_dict()
 
     def human(r):
         v = r["values"][0]
@@ -229,7 +249,14 @@ def search_cmd(
                                                      help="Latency predictor artifact (default: xgb fitted on the "
                                                           "store's rows); corrected on the device's measurements."),
     accuracy_predictor: Optional[Path] = typer.Option(None, "--accuracy-predictor",
-                                                      help="Accuracy predictor artifact (default: the shipped one)."),
+                                                      help="Accuracy predictor: an hwnas artifact or Once-for-All's "
+                                                           "AccuracyPredictor .pth (default: the shipped one)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Your data (image folder, train/ and val/ folders, or "
+                                        ".npz): BN recalibration and accuracy of the most promising archs; with no "
+                                        "accuracy predictor, one is fitted on --accuracy-samples archs evaluated "
+                                        "on it."),
+    accuracy_samples: int = typer.Option(50, "--accuracy-samples", help="Archs evaluated on --data to fit an "
+                                         "accuracy predictor when none is given (stored, resumable)."),
     rounds: int = typer.Option(2, help="Closed-loop rounds (search, measure, refit)."),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("hwnas-out/search"), "-o", "--out"),
@@ -240,7 +267,7 @@ def search_cmd(
 
     res = jobs.search(device, latency, supernet=supernet, store=store, out=out, rounds=rounds, seed=seed,
                       weights=weights, latency_predictor=latency_predictor, accuracy_predictor=accuracy_predictor,
-                      predictors_dir=out / "predictors",
+                      data=data, accuracy_samples=accuracy_samples, predictors_dir=out / "predictors",
                       log=(lambda s: None) if json_ else (lambda s: typer.echo(s, err=True)))
     r = res.result
     emit({"best": r.best.to_dict(), "budget_ms": res.budget_ms, "files": res.files,

@@ -95,9 +95,11 @@ def export_cmd(
                                          "(onnx-int8 default: ort-cpu-1t; tensorrt: the tensorrt spec)."),
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: FP16 engine."),
     int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 engine from the explicit Q/DQ model."),
-    calibration: Optional[Path] = typer.Option(None, help="Calibration images for BN recalibration and INT8 (.npz or "
-                                               "dir; default: the family's shipped set; 'none': keep the "
-                                               "supernet's BN statistics)."),
+    calibration: Optional[Path] = typer.Option(None, "--data", "--calibration",
+                                               help="Your images for BN recalibration, INT8 calibration and the "
+                                                    "accuracy checks: an image folder (one folder per class), "
+                                                    "train/ and val/ folders, or an .npz (default: the family's "
+                                                    "shipped set; 'none': keep the supernet's BN statistics)."),
     time_cap: Optional[float] = typer.Option(None, help="Seconds of timed runs per latency measurement."),
     json_: bool = JSON_OPT,
 ) -> None:

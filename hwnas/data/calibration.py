@@ -1,8 +1,10 @@
 """Images for BN recalibration, INT8 calibration and export checks, per family.
 
-The family's ``dataset`` names its data: ``fashion-mnist`` families use the shipped subsets
-(``calib``: 2,000 training images; ``val``: 5,000 validation images).  Any family also takes a
-user's ``.npz`` (``images`` array) or a directory holding ``calib.npz``.
+With no data given, ``fashion-mnist`` families use the shipped subsets (``calib``: 2,000 training
+images; ``val``: 5,000 validation images) and other families have none.  Given data (``--data``) is
+anything ``hwnas.data.images.open_dataset`` reads (an image folder, train/val folders, an ``.npz``
+of images and labels, a Fashion-MNIST IDX directory), or, for calibration only, a directory holding
+``calib.npz`` or an ``.npz`` of float32 ``[N, C, r, r]`` images already normalized.
 """
 
 from __future__ import annotations
@@ -15,27 +17,47 @@ import torch
 
 from hwnas.errors import DataError
 
+_OPEN: dict[tuple, Any] = {}
 
-def load_calibration(family: Any, resolution: int, calibration: str | Path | None = None) -> torch.Tensor | None:
-    """Calibration images as a normalized ``[N, C, r, r]`` float32 tensor, or ``None`` when the family has
-    no shipped set and ``calibration`` is not given.
 
-    ``calibration`` is a directory holding ``calib.npz`` (like the shipped calibration data) or an
-    ``.npz`` file whose ``images`` array is either uint8 ``[N, H, W]`` (grayscale, resized and normalized
-    like the family's dataset) or float32 ``[N, C, r, r]`` already normalized.
-    """
-    if calibration is None:
-        if family.dataset != "fashion-mnist":
-            return None
-        from hwnas.data.fashion_mnist import load_split, to_tensor
+def dataset_for(family: Any, data: Any) -> Any:
+    """``open_dataset(data, family)``, opened once per (family, path) in this process; a dataset object
+    (``ImageDataset``/``EvalData``) is returned as it is."""
+    if hasattr(data, "tensors"):
+        return data
+    from hwnas.data.images import open_dataset
 
-        imgs, _ = load_split("calib")
-        return to_tensor(imgs, resolution)
-    p = Path(calibration).expanduser()
+    p = Path(data).expanduser().resolve()
+    try:
+        mtime = p.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    key = (family.name, str(p), mtime)
+    if key not in _OPEN:
+        _OPEN.clear()  # one dataset at a time: images are cached per resolution inside it
+        _OPEN[key] = open_dataset(p, family)
+    return _OPEN[key]
+
+
+def _is_legacy(family: Any, p: Path) -> bool:
+    """The older calibration-only formats: ``DIR/calib.npz``, or an ``.npz`` without labels holding
+    normalized float32 images (or, for Fashion-MNIST families, uint8 ``[N, 28, 28]``)."""
+    if p.is_dir():
+        return (p / "calib.npz").is_file()
+    if not (p.is_file() and p.suffix.lower() == ".npz"):
+        return False
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "labels" in z.files or "images" not in z.files:
+                return False
+            imgs = z["images"]
+    except Exception:
+        return False  # open_dataset reports it
+    return imgs.dtype == np.float32 or (imgs.dtype == np.uint8 and imgs.ndim == 3 and family.dataset == "fashion-mnist")
+
+
+def _legacy_calibration(family: Any, resolution: int, p: Path) -> torch.Tensor:
     f = p / "calib.npz" if p.is_dir() else p
-    if not f.is_file():
-        where = f"directory {p} has no calib.npz" if p.is_dir() else f"{p} does not exist"
-        raise DataError(f"calibration data not found: {where}; pass a directory with calib.npz or an .npz file")
     try:
         with np.load(f, allow_pickle=False) as z:
             if "images" not in z.files:
@@ -50,7 +72,7 @@ def load_calibration(family: Any, resolution: int, calibration: str | Path | Non
     if imgs.dtype == np.uint8 and imgs.ndim == 3 and c.in_channels == 1 and len(imgs):
         from hwnas.data.fashion_mnist import to_tensor
 
-        return to_tensor(imgs, resolution)  # Fashion-MNIST's normalization: the only 1-channel family
+        return to_tensor(imgs, resolution)  # the shipped subsets' own normalization
     want = (c.in_channels, resolution, resolution)
     if imgs.dtype == np.float32 and imgs.ndim == 4 and tuple(imgs.shape[1:]) == want and len(imgs):
         return torch.from_numpy(np.ascontiguousarray(imgs))
@@ -58,8 +80,41 @@ def load_calibration(family: Any, resolution: int, calibration: str | Path | Non
                     f"[N, H, W] (1-channel families) or float32 [N, {want[0]}, {want[1]}, {want[2]}], normalized")
 
 
-def check_images(family: Any, resolution: int, split: str = "val", n: int = 1000) -> tuple[torch.Tensor, str]:
-    """Real images for checks where the family has a shipped dataset; random inputs otherwise."""
+def load_calibration(family: Any, resolution: int, calibration: Any = None) -> torch.Tensor | None:
+    """Calibration images as a normalized ``[N, C, r, r]`` float32 tensor, or ``None`` when the family has
+    no shipped set and ``calibration`` is not given (see the module docstring for what it can be)."""
+    if calibration is None:
+        if family.dataset != "fashion-mnist":
+            return None
+        from hwnas.data.fashion_mnist import load_split, to_tensor
+
+        imgs, _ = load_split("calib")
+        return to_tensor(imgs, resolution)
+    if hasattr(calibration, "tensors"):
+        return _calibration_of(calibration, resolution)
+    p = Path(calibration).expanduser()
+    if not p.exists():
+        raise DataError(f"calibration data {p} does not exist; pass an image folder (one folder per class), an .npz "
+                        f"or a directory with calib.npz")
+    if _is_legacy(family, p):
+        return _legacy_calibration(family, resolution, p)
+    return _calibration_of(dataset_for(family, p), resolution)
+
+
+def _calibration_of(ds: Any, resolution: int) -> torch.Tensor:
+    if hasattr(ds, "calibration"):
+        return ds.calibration(resolution)
+    return ds.tensors(resolution)[1].contiguous()  # EvalData: (val, calib)
+
+
+def check_images(family: Any, resolution: int, split: str = "val", n: int = 1000,
+                 data: Any = None) -> tuple[torch.Tensor, str]:
+    """Real images for checks: the given dataset's validation images, the family's shipped set, or random
+    inputs when there is neither."""
+    ds = None if data is None else _labelled_dataset(family, data)
+    if ds is not None:
+        x, _ = _validation_of(ds, resolution)
+        return x[:n], f"{_describe(ds)} ({min(n, len(x))} images)"
     if family.dataset == "fashion-mnist":
         from hwnas.data.fashion_mnist import load_split, to_tensor
 
@@ -70,8 +125,38 @@ def check_images(family: Any, resolution: int, split: str = "val", n: int = 1000
     return x, "random normal inputs (no shipped dataset for this family)"
 
 
-def validation_data(family: Any, resolution: int) -> tuple[torch.Tensor, np.ndarray | None, str]:
-    """The whole validation split (5,000 Fashion-MNIST images) with labels; random inputs otherwise."""
+def _labelled_dataset(family: Any, data: Any) -> Any:
+    if hasattr(data, "tensors"):
+        return data
+    p = Path(data).expanduser()
+    if _is_legacy(family, p):
+        return None  # calibration-only files
+    ds = dataset_for(family, p)
+    return ds if getattr(ds, "labelled", True) else None
+
+
+def _validation_of(ds: Any, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(ds, "validation"):
+        return ds.validation(resolution)
+    return ds.tensors(resolution)[0].contiguous(), ds.labels
+
+
+def _describe(ds: Any) -> str:
+    if hasattr(ds, "describe"):
+        return ds.describe()
+    return f"fashion-mnist {ds.split}"
+
+
+def validation_data(family: Any, resolution: int, data: Any = None) -> tuple[torch.Tensor, np.ndarray | None, str]:
+    """Validation images with labels: the given dataset's, else the family's shipped split (5,000
+    Fashion-MNIST images), else random inputs without labels."""
+    if data is not None:
+        ds = _labelled_dataset(family, data)
+        if ds is not None:
+            from hwnas.data.images import ClassLabels
+
+            x, y = _validation_of(ds, resolution)
+            return x, ClassLabels.of(y, getattr(ds, "n_outputs", None)), f"{_describe(ds)}"
     if family.dataset == "fashion-mnist":
         from hwnas.data.fashion_mnist import load_split, to_tensor
 
@@ -81,4 +166,4 @@ def validation_data(family: Any, resolution: int) -> tuple[torch.Tensor, np.ndar
     return x, None, source
 
 
-__all__ = ["check_images", "load_calibration", "validation_data"]
+__all__ = ["check_images", "dataset_for", "load_calibration", "validation_data"]

@@ -74,9 +74,13 @@ def optimize_onnx(src: Path, dst: Path) -> dict:
     return {"tool": f"onnxslim {onnxslim.__version__}", "nodes_before": n_before, "nodes_after": len(slim.graph.node)}
 
 
-def val_data(supernet, resolution: int) -> tuple[torch.Tensor, np.ndarray | None, str]:
-    """The whole validation split (5,000 Fashion-MNIST images) with labels; random inputs otherwise."""
-    return validation_data(supernet.family, resolution)
+def val_data(supernet, resolution: int, data: Any = None) -> tuple[torch.Tensor, np.ndarray | None, str]:
+    """Validation images with labels for the export checks: the validation images of ``data`` (the
+    ``--data`` dataset, when it is labelled), else the family's shipped split (5,000 Fashion-MNIST
+    images), else random inputs without labels."""
+    if data is not None and str(data) == NO_RECALIBRATION:
+        data = None
+    return validation_data(supernet.family, resolution, data)
 
 
 @torch.no_grad()
@@ -117,7 +121,10 @@ def compare_logits(ref: np.ndarray, got: np.ndarray, tolerance: float | None) ->
 
 
 def top1(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
-    return None if labels is None else float((logits.argmax(1) == labels).mean())
+    """Top-1 against ``labels`` (over the dataset's own classes: ``hwnas.data.images.ClassLabels``)."""
+    from hwnas.data.images import top1_of
+
+    return None if labels is None else top1_of(logits, labels)
 
 
 def build_fp32_onnx(sub: torch.nn.Module, dst: Path, shape: tuple, batch: int, dynamic_batch: bool,

@@ -32,7 +32,7 @@ def export_onnx_fp32(arch: Mapping[str, Any], out: str | Path, supernet: str, we
     say("extracting the subnet and recalibrating BN")
     net, a, sub, recal = prepare(supernet, weights, arch, calibration)
     shape = net.family.input_shape(a)
-    x, labels, source = val_data(net, shape[-1])
+    x, labels, source = val_data(net, shape[-1], calibration)
     manifest_path = out.with_name(out.name + ".json")
     with atomic_outputs(out, manifest_path) as (tmp_model, tmp_manifest):
         opt_info, ref, got, check = export_verified_fp32(sub, tmp_model, shape, batch, dynamic_batch, optimize, x,

@@ -311,7 +311,7 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
     cal = load_calibration(net, shape[-1], calibration)
     if cal is None:
         raise ExportError(f"INT8 calibration needs real images and supernet {net.family.name!r} has no shipped "
-                          "calibration set: pass calibration=DIR_OR_NPZ (float32 [N, C, r, r], normalized)")
+                          "calibration set: pass its images with --data DIR (an image folder, train/val folders or an .npz)")
     if calib_images is not None:
         if calib_images < 1:
             raise ExportError(f"calib_images must be >= 1; got {calib_images}")
@@ -319,7 +319,7 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
     cal_source = (f"{calibration} ({len(cal)} images)" if calibration is not None
                   else f"fashion-mnist calib ({len(cal)} images)")
     shape = net.family.input_shape(a)
-    x, labels, source = val_data(net, shape[-1])
+    x, labels, source = val_data(net, shape[-1], calibration)
     m32_path, m8_path = manifest_path(fp32_path), manifest_path(out)
     with atomic_outputs(fp32_path, out, m32_path, m8_path) as (t32, t8, tm32, tm8):
         opt_info, ref, l32, chk32 = export_verified_fp32(sub, t32, shape, batch, dynamic_batch, optimize, x,

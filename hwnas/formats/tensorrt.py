@@ -263,7 +263,7 @@ def export_tensorrt(arch: Mapping[str, Any], out: str | Path, supernet: str, wei
             f"NVIDIA GPU are: {cmd}")
     net, a, sub, recal = prepare(supernet, weights, arch, calibration)
     shape = net.family.input_shape(a)
-    x, labels, source = val_data(net, shape[-1])
+    x, labels, source = val_data(net, shape[-1], calibration)
     eng_manifest = manifest_path(engine)
     with atomic_outputs(engine, eng_manifest) as (t_engine, t_manifest):
         say(f"building the TensorRT {precision} engine")

@@ -223,11 +223,40 @@ def load_predictor(path: str | Path, *, expect_supernet: str | None = None, expe
     """Load an artifact; every ``expect_*`` given must match it, or ``PredictorError`` says which did not.
 
     The returned predictor has ``meta_`` (the artifact's header: device, fingerprint, metrics, ...).
+
+    A ``.pth`` / ``.pt`` / ``.tar`` path is Once-for-All's saved AccuracyPredictor, read by
+    ``hwnas.predictors.ofa_mlp.load_ofa_accuracy_predictor`` for the supernet ``expect_supernet`` (required).
     """
+    import hwnas.predictors.ofa_mlp  # noqa: F401  (registers the 'ofa_mlp' kind its artifacts name)
+
+    if hwnas.predictors.ofa_mlp.is_torch_path(path):
+        return _load_torch_predictor(Path(path).expanduser(), expect_supernet, expect_fp_hash, expect_supernet_hash,
+                                     expect_target)
     p = _resolve_path(path)
     return predictor_from_dict(read_artifact(p), where=f"predictor {p}", expect_supernet=expect_supernet,
                                expect_fp_hash=expect_fp_hash, expect_supernet_hash=expect_supernet_hash,
                                expect_target=expect_target)
+
+
+def _load_torch_predictor(p: Path, expect_supernet: str | None, expect_fp_hash: str | None,
+                          expect_supernet_hash: str | None, expect_target: str | None) -> Predictor:
+    """OFA's AccuracyPredictor file as an ``ofa_mlp`` predictor, with ``load_predictor``'s checks."""
+    from hwnas.predictors.ofa_mlp import load_ofa_accuracy_predictor
+
+    where = f"{p} (a PyTorch file, read as Once-for-All's AccuracyPredictor)"
+    if expect_target is not None and expect_target != "accuracy":
+        raise PredictorError(f"{where} predicts accuracy, not {expect_target}; pass a {expect_target} predictor "
+                             f"artifact (.json)")
+    if expect_supernet is None:
+        raise PredictorError(f"{where} does not record its supernet: name it (expect_supernet=, --supernet) or "
+                             f"convert it once with load_ofa_accuracy_predictor(path, supernet) and save_predictor")
+    if expect_fp_hash is not None:
+        raise PredictorError(f"{where} predicts accuracy and records no device fingerprint; pass a latency "
+                             f"predictor of this device")
+    if expect_supernet_hash is not None:
+        raise PredictorError(f"{where} records no supernet weights hash to check against {expect_supernet_hash}; "
+                             f"load it without one")
+    return load_ofa_accuracy_predictor(p, expect_supernet)
 
 
 __all__ = ["DEFAULT_FILENAME", "FORMAT", "FORMAT_VERSION", "config_from_dict", "load_predictor",

@@ -49,6 +49,7 @@ def _load_builtin() -> None:
     import hwnas.predictors.accuracy  # noqa: F401
     import hwnas.predictors.latency  # noqa: F401
     import hwnas.predictors.lut  # noqa: F401
+    import hwnas.predictors.ofa_mlp  # noqa: F401
 
 
 def list_predictors(target: str | None = None) -> list[str]:

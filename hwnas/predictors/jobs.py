@@ -122,6 +122,14 @@ def load_accuracy_data(store_path: str | Path, supernet: Any = DEFAULT_SUPERNET,
         raise PredictorError(f"store {p} does not exist; evaluate subnets into it first (hwnas supernet eval)")
     with Store(p, readonly=True) as store:
         rows = [r for r in store.accuracies(h, split) if r["arch"] is not None]
+        if not rows and split == "val":  # the default: the one user dataset these weights were evaluated on
+            splits = sorted({r["split"] for r in store.accuracies(h) if r["arch"] is not None and r["split"] != "test"})
+            if len(splits) == 1:
+                split = splits[0]
+                rows = [r for r in store.accuracies(h, split) if r["arch"] is not None]
+            elif len(splits) > 1:
+                raise PredictorError(f"store {p} has accuracies of {cfg.name} weights {h} on {len(splits)} datasets "
+                                     f"({', '.join(splits)}); choose one with --split")
     if not rows:
         raise PredictorError(f"store {p} has no {split} accuracies of {cfg.name} weights {h}; "
                              "run hwnas supernet eval --samples N first")
@@ -194,6 +202,7 @@ def fit_job(
     supernet_hash: str | None = None,
     split: str = "val",
     progress: Callable[[Any], None] | None = None,
+    rows: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit a ``kind`` predictor of ``target`` on the store's rows and report held-out metrics.
 
@@ -205,6 +214,8 @@ def fit_job(
     accuracy: rows of the supernet weights (``supernet_hash``, or the hash of ``weights``) on ``split``;
     kind defaults to ``xgb`` on the one-hot encoding (it ranked best in 5-fold CV on 252 Fashion-MNIST
     evaluations: tau 0.71 vs 0.69 for ``mlp``); ``auto`` picks ``mlp`` or ``xgb`` by 5-fold CV on the train split.
+    ``rows``: a CSV or JSON file of (arch, accuracy) rows (``hwnas.predictors.rows``) to fit on instead
+    of the store (accuracy only; ``store_path`` is then not read), with the same split and metrics.
 
     ``params``: hyperparameters of ``kind``, or a dict per kind (``{"mlp": {...}, "xgb": {...}}``).
     ``holdout`` is the held-out fraction (seeded split); ``max_train`` caps the training rows; ``stat`` is the
@@ -213,6 +224,11 @@ def fit_job(
     """
     if target not in ("latency", "accuracy"):
         raise PredictorError(f"target must be 'latency' or 'accuracy'; got {target!r}")
+    if rows is not None and target != "accuracy":
+        raise PredictorError(f"rows files hold (arch, accuracy) rows; fit a {target} predictor on the store's "
+                             f"measurements (without rows), or pass target='accuracy' (--target accuracy)")
+    import hwnas.predictors.ofa_mlp  # noqa: F401  (registered, so kind='ofa_mlp' gets its own message)
+
     cfg = resolve_config(supernet)
     snet: Any = _registered_name_or_family(cfg)  # an unregistered family travels as is
     params = dict(params or {})
@@ -229,12 +245,18 @@ def fit_job(
         kind = kind or "xgb"
         meta.update(device=data["device"], fp_hash=data["fp_hash"], fingerprint=data["fingerprint"],
                     supernet_hash=None)
+    elif rows is not None:
+        data = load_rows_data(rows, snet)
+        kind = kind or "xgb"
+        meta.update(supernet_hash=None, notes=f"fitted on the (arch, accuracy) rows of {data['rows']}")
     else:
         data = load_accuracy_data(store_path, snet, supernet_hash=supernet_hash, weights=weights, split=split)
         kind = kind or "xgb"
         meta.update(supernet_hash=data["supernet_hash"])
     V, y, ids = data["V"], data["y"], data["arch_ids"]
     if len(y) < 5:
+        if rows is not None:
+            raise PredictorError(f"only {len(y)} distinct archs in {data['rows']}; fit needs at least 5 rows")
         raise PredictorError(f"only {len(y)} rows in the store; fit needs at least 5 (profile more subnets)")
     tr, te = holdout_split(len(y), holdout, seed) if holdout else (np.arange(len(y)), np.zeros(0, dtype=int))
     if max_train is not None:
@@ -268,6 +290,9 @@ def fit_job(
         result["other_fp_hashes"] = data["other_fp_hashes"]
     if selection:
         result["selection"] = selection
+    if rows is not None:
+        result["rows"] = data["rows"]
+        result["rows_info"] = data["rows_info"]
     metrics: dict[str, Any] = {}
     if len(te):
         relative = target == "latency"
@@ -288,6 +313,15 @@ def fit_job(
             meta["notes"] = f"transfer from {getattr(prior, 'meta_', {}).get('device') or 'a prior device'}"
         result["out"] = str(save_predictor(pred, out, meta))
     return result
+
+
+def load_rows_data(rows: str | Path, supernet: Any) -> dict[str, Any]:
+    """``fit_job``'s data dict of a rows file: ``V``, ``y`` (fractions), ``arch_ids``, ``rows``, ``rows_info``."""
+    from hwnas.predictors.rows import read_accuracy_rows
+
+    V, y, info = read_accuracy_rows(rows, supernet)
+    return {"V": V, "y": y, "arch_ids": info["arch_ids"], "rows": info["path"],
+            "rows_info": {k: v for k, v in info.items() if k != "arch_ids"}}
 
 
 def _kinds_for(target: str | None) -> list[str]:

@@ -39,6 +39,32 @@ def sample_archs(space, n: int, seed: int) -> list[dict]:
     return archs
 
 
+def open_eval_data(family, data: str | Path | None = None, split: str = "val"):
+    """What accuracy is evaluated on: the user's ``data`` (``hwnas.data.images.open_dataset``: its
+    validation images, its own calibration images), else the family's shipped Fashion-MNIST split.
+    The result's ``split`` labels the rows in the store (``val``/``test``, or ``val@<data id>``)."""
+    if split not in SPLITS:
+        raise DataError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
+    if data is not None:
+        from hwnas.data.calibration import dataset_for
+        from hwnas.data.images import _is_idx_dir
+
+        if _is_idx_dir(Path(data).expanduser()):
+            if family.dataset != "fashion-mnist":
+                dataset_for(family, data)  # raises the family/data mismatch line
+            return EvalData.load(split, str(data))
+        if split == "test":
+            raise DataError("--split test reads the Fashion-MNIST test set; with your own --data, accuracy is "
+                            "evaluated on its validation images (--split val)")
+        ds = dataset_for(family, data)
+        ds.labels  # noqa: B018  (raises when the data is unlabelled)
+        return ds
+    if family.dataset != "fashion-mnist":
+        raise DataError(f"accuracy evaluation of {family.name} needs its data: pass --data DIR (one folder per class, "
+                        f"or train/ and val/ folders, or an .npz of images and labels)")
+    return EvalData.load(split)
+
+
 def evaluate_job(supernet: str, weights: str | None, arch: str | None, samples: int, split: str,
                  store_path: str | Path, seed: int = 0, data_dir: str | None = None,
                  progress: Callable[..., None] | None = None) -> dict:
@@ -49,10 +75,8 @@ def evaluate_job(supernet: str, weights: str | None, arch: str | None, samples: 
     net = create_supernet(supernet, weights=weights)
     if net.weights_hash == "init":
         raise DataError(f"supernet {supernet} has no trained weights here; pass --weights PATH")
-    if net.family.dataset != "fashion-mnist":
-        raise DataError(f"accuracy evaluation needs the family's dataset; {supernet} ({net.family.dataset}) "
-                        "has none shipped here")
-    data = EvalData.load(split, data_dir)
+    data = open_eval_data(net.family, data_dir, split)
+    split = data.split
     n_images = len(data.labels)
     if arch is not None:
         a = net.space.normalize(parse_arch(arch))

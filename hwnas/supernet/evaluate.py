@@ -57,19 +57,26 @@ def prepare_subnet(supernet: SupernetModule, arch: Mapping[str, Any], calib: tor
 
 
 @torch.no_grad()
-def top1(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+def top1(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+         n_outputs: int | None = None) -> float:
+    """Top-1 of ``net``; ``n_outputs``: score only the first outputs (a dataset with fewer classes)."""
     net.eval()
     correct = 0
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        correct += int((net(xb).argmax(1) == yb).sum())
+        logits = net(xb)
+        if n_outputs:
+            logits = logits[:, :n_outputs]
+        correct += int((logits.argmax(1) == yb).sum())
     return correct / len(y)
 
 
-def evaluate_arch(supernet: SupernetModule, arch: Mapping[str, Any], data: EvalData) -> float:
+def evaluate_arch(supernet: SupernetModule, arch: Mapping[str, Any], data: Any) -> float:
+    """Top-1 of ``arch`` on ``data`` (``EvalData`` or a user ``ImageDataset``), BN recalibrated on its
+    calibration images."""
     a = supernet.space.normalize(arch)
     x, calib = data.tensors(supernet.family.resolution(a))
     net = prepare_subnet(supernet, a, calib, data.batch_size)
-    return top1(net, x, data.labels, data.batch_size)
+    return top1(net, x, data.labels, data.batch_size, getattr(data, "n_outputs", None))
 
 
 def evaluate_many(supernet: SupernetModule, archs: Iterable[Mapping[str, Any]], data: EvalData,

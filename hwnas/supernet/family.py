@@ -241,6 +241,13 @@ class SupernetFamily(ABC):
     def resolution(self, arch: Mapping[str, Any]) -> int:
         return int(self.input_shape(arch)[-1])
 
+    @property
+    def crop_ratio(self) -> float:
+        """The evaluation transform's center crop (``hwnas.data.images``): ImageNet families resize the
+        shorter side to ``ceil(r / 0.875)`` and crop ``r`` (Once-for-All's and timm's eval transform);
+        others resize to ``r x r`` (1.0)."""
+        return 0.875 if self.dataset == "imagenet" else 1.0
+
     def clean_state_dict(self, sd: dict) -> dict:
         """Map a checkpoint's key spellings to this family's (default: strip ``module.``)."""
         return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
@@ -380,8 +387,8 @@ class SupernetModule(nn.Module, metaclass=ABCMeta):
         x = load_calibration(self.family, self.family.resolution(arch), source)
         if x is None:
             raise DataError(f"supernet {self.family.name} has trained weights but no shipped calibration images to "
-                            f"recalibrate its normalization on: pass calibration=DIR_OR_NPZ (--calibration), or "
-                            f"calibration=None to keep the weight-sharing statistics")
+                            f"recalibrate its normalization on: pass images (--data DIR: an image folder, train/val folders or an "
+                            f".npz), or calibration=None (--calibration none) to keep the weight-sharing statistics")
         return list(x.split(batch_size))
 
 

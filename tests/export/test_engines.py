@@ -62,8 +62,8 @@ def small_val(monkeypatch):
 
     full = api.val_data
 
-    def val_data(net, r):
-        x, y, _ = full(net, r)
+    def val_data(net, r, data=None):
+        x, y, _ = full(net, r, data)
         return x[:1000], y[:1000], "fashion-mnist val (first 1000 images)"
 
     for mod in (api, onnx_fmt, engines, trt_fmt):  # each format module holds its own reference
