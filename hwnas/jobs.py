@@ -367,8 +367,8 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
     ``accuracy_samples`` archs evaluated on the data (stored in ``store``, resumable).  ``data``: the
     user's dataset (``hwnas.data.images.open_dataset``) for BN recalibration and accuracy.  ``evaluate``
     (default: when there is data, given or shipped, and the weights are trained) evaluates the most
-    promising within-budget archs for real.  Writes the front, the measured points, ``best.json`` and a Pareto plot to ``out``, all or
-    nothing, and nothing at all when the request is refused.
+    promising within-budget archs for real.  Writes the front, the measured points, ``best.json`` and a
+    Pareto plot to ``out``, all or nothing, and nothing at all when the request is refused.
     """
     from hwnas.devices import Store
     from hwnas.devices.profile import as_spec
