@@ -3,7 +3,7 @@
 
     python bench/bench_vs_ofa_evolution.py [--store hwnas/resources/predictors/mbv3_fmnist/reference_store.sqlite]
         [--seeds 3] [--fractions 0.1,0.3,0.5,0.7,0.9] [--ofa-pop 100] [--ofa-gens 500]
-        [--front-s 1.5] [--refine-s 1.0] [--pop 128]
+        [--front-s 1.5] [--refine-s 1.0] [--pop 128] [--ofa-cache FILE.json] [--skip-hv]
 
 Budgets: fractions of the measured latency range of the store's ``ort-cpu-1t`` rows.  OFA's finder
 runs at its defaults (population 100, 500 generations), with its own ``MobileNetArchEncoder`` given
@@ -15,15 +15,25 @@ then ``refine_for_budget`` for ``--refine-s`` seconds; its wall time includes th
 "Calls" count archs passed to a predictor (OFA: every ``get_efficiency`` call plus every arch
 in ``predict_acc``; hwnas: rows through both predictors, counted once per arch).
 
+``--ofa-cache FILE.json``: OFA's result per (budget, seed) (its arch, predicted accuracy and
+latency, calls, wall time) is stored in FILE, keyed by the budget, seed, population, generations
+and a digest of the two predictor files; an entry found there is reused instead of rerunning OFA
+(each such line says "cached", and so does the table), so hwnas can be iterated on without OFA's
+~25-50 s per run.  A cached wall time was measured in another run: for a fair ratio, run without
+the cache (the final table needs a fresh OFA run).
+
 Also prints the NSGA-II front's hypervolume (``baselines.hypervolume``, normalized box of
 ``reference_point``) at equal wall time: NSGA-II alone for front-s + refine-s seconds ("before")
-against NSGA-II for front-s seconds plus the refinement at each budget, merged ("after").
+against NSGA-II for front-s seconds plus the refinement at each budget (the rest of the time, split
+evenly), the non-dominated set of each refinement's evaluated archs merged in ("after").
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import json
 import random
 import sys
 import time
@@ -116,6 +126,10 @@ def main(argv=None) -> int:
     p.add_argument("--front-s", type=float, default=1.5, help="hwnas NSGA-II seconds per budget")
     p.add_argument("--refine-s", type=float, default=1.0, help="hwnas refinement seconds per budget")
     p.add_argument("--skip-ofa", action="store_true")
+    p.add_argument("--ofa-cache", default=None, metavar="FILE.json",
+                   help="reuse (and store) OFA's per-(budget, seed) results in this JSON file")
+    p.add_argument("--skip-hv", action="store_true", help="skip the hypervolume at equal wall time")
+    p.add_argument("--dump", default=None, metavar="FILE.json", help="write the per-seed results (archs included)")
     args = p.parse_args(argv)
 
     from hwnas.archsearch import (
@@ -138,11 +152,19 @@ def main(argv=None) -> int:
     print(f"OFA EvolutionFinder: population {args.ofa_pop}, {args.ofa_gens} generations (defaults); "
           f"hwnas: NSGA-II pop {args.pop} for {args.front_s:g} s + refinement {args.refine_s:g} s per budget; "
           f"{args.seeds} seeds")
-    if not args.skip_ofa:
-        Finder, Encoder = import_ofa_evolution()
+    digest = hashlib.sha1(b"".join((PRED / n).read_bytes() for n in (f"{args.device}.xgb.json", "accuracy.json")))
+    digest = digest.hexdigest()[:12]
+    cache_path = Path(args.ofa_cache) if args.ofa_cache else None
+    cache = json.loads(cache_path.read_text()) if cache_path is not None and cache_path.exists() else {}
+    n_cached = 0
+
+    def ofa_key(b: float, seed: int) -> str:
+        return f"budget={b:.6f}|seed={seed}|pop={args.ofa_pop}|gens={args.ofa_gens}|predictors={digest}"
+
+    Finder = Encoder = None
     res = {}
     for b, f in zip(budgets, fracs):
-        rows = {"ofa": [], "hwnas": [], "front": []}
+        rows = {"ofa": [], "hwnas": [], "front": [], "ofa_x": [], "hwnas_x": []}
         for seed in range(args.seeds):
             # ---- hwnas: the front (slackened constraint, as closed_loop_search) + refinement at the budget
             t0 = time.perf_counter()
@@ -161,27 +183,52 @@ def main(argv=None) -> int:
             rows["hwnas"].append((ref.accuracy, ref.latency_ms, fr.n_evals + ref.n_evals, wall))
             # ---- OFA
             if not args.skip_ofa:
-                random.seed(seed)
-                np.random.seed(seed)
-                enc = Encoder(image_size_list=list(space.resolutions), ks_list=list(space.ks_list),
-                              expand_list=list(space.e_list), depth_list=list(space.d_list), n_stage=space.n_stages)
-                acc_w, lat_w = OFAAccuracy(pa, enc), OFALatency(pl)
-                finder = Finder(lat_w, acc_w, population_size=args.ofa_pop, max_time_budget=args.ofa_gens)
-                t0 = time.perf_counter()
-                import contextlib
-                import io
+                key = ofa_key(b, seed)
+                hit = cache.get(key)
+                if hit is None:
+                    if Finder is None:
+                        Finder, Encoder = import_ofa_evolution()
+                    random.seed(seed)
+                    np.random.seed(seed)
+                    enc = Encoder(image_size_list=list(space.resolutions), ks_list=list(space.ks_list),
+                                  expand_list=list(space.e_list), depth_list=list(space.d_list), n_stage=space.n_stages)
+                    acc_w, lat_w = OFAAccuracy(pa, enc), OFALatency(pl)
+                    finder = Finder(lat_w, acc_w, population_size=args.ofa_pop, max_time_budget=args.ofa_gens)
+                    t0 = time.perf_counter()
+                    import contextlib
+                    import io
 
-                with contextlib.redirect_stdout(io.StringIO()):  # it prints every 100 generations
-                    _, info = finder.run_evolution_search(b, verbose=False)
-                wall = time.perf_counter() - t0
-                a_ofa = float(pa([OFAAccuracy.to_hwnas(info[1])])[0])
-                rows["ofa"].append((a_ofa, float(info[2]), lat_w.calls + acc_w.calls, wall))
-            print(f"  budget {b:.4f} seed {seed}: hwnas {100 * ref.accuracy:.3f}% ({wall if args.skip_ofa else rows['hwnas'][-1][3]:.1f} s)"
-                  + ("" if args.skip_ofa else f", OFA {100 * rows['ofa'][-1][0]:.3f}% ({rows['ofa'][-1][3]:.1f} s)"),
-                  file=sys.stderr, flush=True)
+                    with contextlib.redirect_stdout(io.StringIO()):  # it prints every 100 generations
+                        _, info = finder.run_evolution_search(b, verbose=False)
+                    wall_o = time.perf_counter() - t0
+                    arch = OFAAccuracy.to_hwnas(info[1])
+                    hit = {"accuracy": float(pa([arch])[0]), "latency_ms": float(info[2]),
+                           "calls": int(lat_w.calls + acc_w.calls), "wall_s": float(wall_o),
+                           "x": space.canonicalize(space.encode(arch)).tolist(), "cached": False}
+                    if cache_path is not None:
+                        cache[key] = {k: v for k, v in hit.items() if k != "cached"}
+                        cache_path.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(cache[k])}" for k in sorted(cache))
+                                              + "\n}\n")
+                else:
+                    hit = dict(hit, cached=True)
+                    n_cached += 1
+                rows["ofa"].append((hit["accuracy"], hit["latency_ms"], hit["calls"], hit["wall_s"]))
+                rows["ofa_x"].append(hit["x"])
+            rows["hwnas_x"].append(np.asarray(ref.x).tolist())
+            line = f"  budget {b:.4f} seed {seed}: hwnas {100 * ref.accuracy:.3f}% ({rows['hwnas'][-1][3]:.2f} s)"
+            if rows["ofa"]:
+                o = rows["ofa"][-1]
+                diff = np.asarray(rows["ofa_x"][-1]) != np.asarray(rows["hwnas_x"][-1])
+                line += (f", OFA {100 * o[0]:.3f}% ({o[3]:.1f} s{', cached' if hit['cached'] else ''}): "
+                         f"{100 * (ref.accuracy - o[0]):+.3f} points, ratio {rows['hwnas'][-1][3] / o[3]:.3f}, "
+                         f"{int(diff.sum())} genes apart" + ("  LOSS" if ref.accuracy < o[0] else ""))
+            print(line, file=sys.stderr, flush=True)
         res[b] = rows
     # ---------------------------------------------------------------- the table
     print()
+    if n_cached:
+        print(f"OFA: {n_cached} of {len(budgets) * args.seeds} runs reused from {cache_path} (cached; their wall times "
+              f"come from another run)")
     print(f"{'budget':>14} {'method':<20} {'best pred. acc %':>18} {'its pred. lat ms':>18} {'calls (archs)':>16} "
           f"{'wall s':>14}")
     for b, f in zip(budgets, fracs):
@@ -198,9 +245,16 @@ def main(argv=None) -> int:
         print(f"{'':>14} {'(hwnas front only)':<20} {fmt(100 * fa[:, 0], 3):>18} {fmt(fa[:, 1]):>18}")
         if rows["ofa"]:
             h, o = np.array(rows["hwnas"]), np.array(rows["ofa"])
-            print(f"{'':>14} hwnas - OFA: {100 * (h[:, 0].mean() - o[:, 0].mean()):+.3f} points, wall time ratio "
-                  f"{h[:, 3].mean() / o[:, 3].mean():.3f}")
+            d = 100 * (h[:, 0] - o[:, 0])
+            print(f"{'':>14} hwnas - OFA: {d.mean():+.3f} points (mean; per seed {', '.join(f'{v:+.3f}' for v in d)}; "
+                  f"{int((d < 0).sum())} seeds lose), wall time ratio {h[:, 3].mean() / o[:, 3].mean():.3f} "
+                  f"(worst seed {(h[:, 3] / o[:, 3]).max():.3f})")
+    if args.dump:
+        Path(args.dump).write_text(json.dumps({f"{b:.6f}": {k: np.asarray(v).tolist() for k, v in r.items()}
+                                               for b, r in res.items()}, indent=1))
     # ---------------------------------------------------------------- HV at equal wall time
+    if args.skip_hv:
+        return 0
     ref_pt = reference_point(space, pa, pl)
     T = args.front_s + args.refine_s
     before, after, old = [], [], []
@@ -216,9 +270,9 @@ def main(argv=None) -> int:
         for b in budgets:
             r = refine_for_budget(space, pa, pl, b, near_budget_rows(fr.X, fr.latency_ms, b), time_s=left / len(budgets),
                                   seed=seed)
-            Xs.append(r.X)
-            A.append(r.accuracies)
-            Lt.append(r.latencies_ms)
+            Xs.append(r.pareto_X)  # the non-dominated set of all it evaluated (its best included)
+            A.append(r.pareto_accuracies)
+            Lt.append(r.pareto_latencies_ms)
         A, Lt = np.concatenate(A), np.concatenate(Lt)
         idx = nondominated(np.column_stack([-A, Lt]))
         after.append(hypervolume(A[idx], Lt[idx], **ref_pt))
