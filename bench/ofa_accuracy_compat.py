@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ofa_compat import import_ofa_class
+from ofa_compat import import_ofa_class, report
 
 from hwnas.predictors import load_predictor, save_predictor
 from hwnas.supernet.registry import get_family
@@ -216,10 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             if not same:
                 failures.append(f"{name}: the JSON artifact predicts differently")
     tmpdir.cleanup()
-    print("\nRESULT:", "PASS" if not failures else "FAIL")
-    for f in failures:
-        print("  -", f)
-    return 0 if not failures else 1
+    return report(failures)
 
 
 if __name__ == "__main__":

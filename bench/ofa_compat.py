@@ -140,6 +140,14 @@ def compare(ofa_net, ours, arch: dict, seed: int) -> dict:
     }
 
 
+def report(failures: list[str]) -> int:
+    """Print PASS, or FAIL with each failure; the exit status of a compatibility bench."""
+    print("\nRESULT:", "PASS" if not failures else "FAIL")
+    for f in failures:
+        print("  -", f)
+    return 0 if not failures else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-archs", type=int, default=8, help="archs per width, min and max included")
@@ -230,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"w{src}->w{dst}: wrong family loaded")
 
     tmpdir.cleanup()
-    print("\nRESULT:", "PASS" if not failures else "FAIL")
-    for f in failures:
-        print("  -", f)
-    return 0 if not failures else 1
+    return report(failures)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 
 FAMILY = "ofa_resnet50"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ofa_compat import import_ofa_class  # noqa: E402  (the sibling bench script)
+from ofa_compat import import_ofa_class, report  # noqa: E402  (the sibling bench script)
 
 OFA_KW = dict(n_classes=1000, dropout_rate=0, depth_list=[0, 1, 2], expand_ratio_list=[0.2, 0.25, 0.35],
               width_mult_list=[0.65, 0.8, 1.0])
@@ -256,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("mbv3 checkpoint loaded into ofa_resnet50")
 
     tmpdir.cleanup()
-    print("\nRESULT:", "PASS" if not failures else "FAIL")
-    for f in failures:
-        print("  -", f)
-    return 0 if not failures else 1
+    return report(failures)
 
 
 if __name__ == "__main__":

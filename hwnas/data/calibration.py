@@ -66,8 +66,9 @@ def _legacy_calibration(family: Any, resolution: int, p: Path) -> torch.Tensor:
     except DataError:
         raise
     except Exception as exc:  # zipfile / OSError / ValueError for a corrupt file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"calibration file {f} is unreadable or corrupt ({first[:160]})") from None
+        from hwnas.data.images import _first_line
+
+        raise DataError(f"calibration file {f} is unreadable or corrupt ({_first_line(exc)})") from None
     c = family
     if imgs.dtype == np.uint8 and imgs.ndim == 3 and c.in_channels == 1 and len(imgs):
         from hwnas.data.fashion_mnist import to_tensor

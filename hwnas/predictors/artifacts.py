@@ -227,9 +227,9 @@ def load_predictor(path: str | Path, *, expect_supernet: str | None = None, expe
     A ``.pth`` / ``.pt`` / ``.tar`` path is Once-for-All's saved AccuracyPredictor, read by
     ``hwnas.predictors.ofa_mlp.load_ofa_accuracy_predictor`` for the supernet ``expect_supernet`` (required).
     """
-    import hwnas.predictors.ofa_mlp  # noqa: F401  (registers the 'ofa_mlp' kind its artifacts name)
+    from hwnas.predictors.ofa_mlp import is_torch_path
 
-    if hwnas.predictors.ofa_mlp.is_torch_path(path):
+    if is_torch_path(path):
         return _load_torch_predictor(Path(path).expanduser(), expect_supernet, expect_fp_hash, expect_supernet_hash,
                                      expect_target)
     p = _resolve_path(path)

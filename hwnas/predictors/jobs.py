@@ -32,17 +32,6 @@ def _params_for(target: str, kind: str, params: Mapping[str, Any]) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------------- data
-def _registered_name_or_family(family: Any) -> Any:
-    """The family's registered name when the registry holds this very layout, else the family itself."""
-    from hwnas.errors import UnknownSupernetError
-    from hwnas.supernet.registry import get_family
-
-    try:
-        return family.name if get_family(family.name) == family else family
-    except UnknownSupernetError:
-        return family
-
-
 def _device_name(device: Any) -> str:
     from hwnas.devices.spec import DeviceSpec, load_device
 
@@ -227,10 +216,10 @@ def fit_job(
     if rows is not None and target != "accuracy":
         raise PredictorError(f"rows files hold (arch, accuracy) rows; fit a {target} predictor on the store's "
                              f"measurements (without rows), or pass target='accuracy' (--target accuracy)")
-    import hwnas.predictors.ofa_mlp  # noqa: F401  (registered, so kind='ofa_mlp' gets its own message)
-
     cfg = resolve_config(supernet)
-    snet: Any = _registered_name_or_family(cfg)  # an unregistered family travels as is
+    from hwnas.supernet.registry import registered_name_or_family
+
+    snet: Any = registered_name_or_family(cfg)  # an unregistered family travels as is
     params = dict(params or {})
     # params are hyperparameters of the kind, or per kind: {"mlp": {...}, "xgb": {...}} (what 'auto' takes)
     per_kind = bool(params) and all(k in _kinds_for(None) and isinstance(v, Mapping) for k, v in params.items())

@@ -219,16 +219,6 @@ class OFAAccuracyMLP(Predictor):
 
 
 # ---------------------------------------------------------------------------------- reading OFA's files
-def _registered_or_family(family: Any) -> Any:
-    from hwnas.errors import UnknownSupernetError
-    from hwnas.supernet.registry import get_family
-
-    try:
-        return family.name if get_family(family.name) == family else family
-    except UnknownSupernetError:
-        return family
-
-
 def _read_torch(p: Path) -> dict:
     import torch
 
@@ -335,7 +325,9 @@ def load_ofa_accuracy_predictor(path: str | Path, supernet: Any, *,
         raise PredictorError(f"{p}: base_acc has shape {tuple(base.shape)}, expected (1,)")
     if not all(np.isfinite(a).all() for a in (*weights, *biases)) or not np.isfinite(float(base)):
         raise PredictorError(f"{p} holds NaN or infinite weights; the predictor is broken, retrain or re-download it")
-    pred = OFAAccuracyMLP(supernet=_registered_or_family(family), encoding=encoding,
+    from hwnas.supernet.registry import registered_name_or_family
+
+    pred = OFAAccuracyMLP(supernet=registered_name_or_family(family), encoding=encoding,
                           image_sizes=None if image_sizes is None else [int(r) for r in image_sizes])
     pred._set_weights(weights, biases, float(base.to(torch.float64)))
     pred.n_train_ = 0  # unknown: OFA's file does not say

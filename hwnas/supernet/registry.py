@@ -86,6 +86,15 @@ def resolve_family(obj: Any):
     return get_family(str(obj))
 
 
+def registered_name_or_family(family: Any) -> Any:
+    """The family's registered name when the registry holds this very layout, else the family itself
+    (an unregistered or modified family travels as the object)."""
+    try:
+        return family.name if get_family(family.name) == family else family
+    except UnknownSupernetError:
+        return family
+
+
 def family_from_config(kind: str, config: dict):
     """Rebuild a family of class ``kind`` from its stored ``config_dict`` (an unregistered layout)."""
     _load_builtin()
@@ -205,6 +214,6 @@ def load_weights(net: Any, path: str | Path) -> None:
     net.load_state_dict({k: sd[k] for k in ref}, strict=True)
 
 
-__all__ = ["DEFAULT_SUPERNET", "create_supernet", "default_weights_path", "family_from_config", "file_sha256",
+__all__ = ["DEFAULT_SUPERNET", "create_supernet", "default_weights_path", "family_from_config", "file_sha256", "registered_name_or_family",
            "get_family", "guess_family", "list_supernets", "load_weights", "read_state_dict", "register_family_kind",
            "register_supernet", "resolve_family"]

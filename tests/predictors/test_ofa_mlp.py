@@ -21,8 +21,7 @@ from hwnas.errors import PredictorError
 from hwnas.predictors import get_predictor_class, load_predictor, save_predictor
 from hwnas.supernet.registry import get_family
 
-# hwnas.predictors.ofa_mlp is imported inside the tests, not here: importing it registers the 'ofa_mlp'
-# kind, and test_predictors.py parametrizes over every kind registered at collection time (all fittable)
+# hwnas.predictors.ofa_mlp is imported inside the tests (it is a built-in kind, registered with the others)
 
 
 def load_ofa_accuracy_predictor(*args, **kw):
