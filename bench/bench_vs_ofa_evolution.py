@@ -3,7 +3,7 @@
 
     python bench/bench_vs_ofa_evolution.py [--store hwnas/resources/predictors/mbv3_fmnist/reference_store.sqlite]
         [--seeds 3] [--fractions 0.1,0.3,0.5,0.7,0.9] [--ofa-pop 100] [--ofa-gens 500]
-        [--front-s 1.5] [--refine-s 1.0] [--pop 128] [--ofa-cache FILE.json] [--skip-hv]
+        [--front-s 1.0] [--refine-s 1.0] [--pop 128] [--ofa-cache FILE.json] [--skip-hv]
 
 Budgets: fractions of the measured latency range of the store's ``ort-cpu-1t`` rows.  OFA's finder
 runs at its defaults (population 100, 500 generations), with its own ``MobileNetArchEncoder`` given
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--ofa-pop", type=int, default=100)
     p.add_argument("--ofa-gens", type=int, default=500)
     p.add_argument("--pop", type=int, default=128, help="hwnas NSGA-II population")
-    p.add_argument("--front-s", type=float, default=1.5, help="hwnas NSGA-II seconds per budget")
+    p.add_argument("--front-s", type=float, default=1.0, help="hwnas NSGA-II seconds per budget")
     p.add_argument("--refine-s", type=float, default=1.0, help="hwnas refinement seconds per budget")
     p.add_argument("--skip-ofa", action="store_true")
     p.add_argument("--ofa-cache", default=None, metavar="FILE.json",

@@ -1,23 +1,31 @@
 """Close the budget: after the NSGA-II front, a constrained single-objective search for one budget.
 
 ``refine_for_budget`` maximizes predicted accuracy subject to predicted latency <= ``budget_ms``,
-starting from given gene rows (typically the front points near the budget).  It keeps every
-feasible arch it evaluates in an archive (the most accurate few thousand) and, each generation,
-makes one batch of children evaluated with a single call to each predictor:
+starting from given gene rows (typically the front points near the budget; the smallest arch is
+always added).  Each generation makes one batch of children (``batch`` archs, one call to each
+predictor), half of each kind by default (``explore``):
 
 * best-first expansion: the complete one- and two-gene neighbourhoods (every other choice of one
-  gene, of two genes) of the most accurate archived archs not expanded yet.  At the budget, an
+  gene, of every pair of genes) of the best candidates not expanded yet.  At the budget an
   accuracy gain almost always costs latency; the two-gene moves raise one gene and lower another,
-  which is what moves an arch along the budget boundary, and the neighbourhood of the best is
-  searched exhaustively (a first-improvement hill climb would need one batch per step);
-* categorical mutations and uniform crossovers of a diverse parent set (the most accurate
-  archived archs at least ``min_distance`` genes apart), for the basins the expansion does not reach.
+  which is what moves an arch along the budget boundary.  A move that activates genes (a deeper
+  stage: a new block, which canonicalization makes the smallest) is also tried with those genes at
+  up to 9 other choices (the new block at every kernel x expand size), a move no one- or two-gene
+  step makes.  Candidates are the feasible archs and those just over the budget (up to
+  ``1 + over`` times it), ranked by accuracy less ``bridge`` x the front's accuracy-per-ms slope x
+  the excess latency: an accurate arch slightly over budget is a bridge to a basin that no chain
+  of feasible archs reaches (e.g. a higher resolution with smaller blocks);
+* categorical mutations (one and three genes on average) and uniform crossovers of a diverse
+  parent set: the most accurate feasible archs, each at least ``min_distance`` genes from those
+  before it, so the parents are not all neighbours of the best.
 
 Rows are canonicalized (``canonicalize``) and keyed by one int64 per row (a mixed-radix number of
-the genes), so an arch is evaluated at most once.  Infeasible children are counted and discarded.
-The run stops after ``n_evals`` archs or ``time_s`` seconds, whichever comes first; with
-``n_evals`` alone it is deterministic for a seed.  It runs the predictors with one BLAS thread: at
-these batch sizes BLAS threads only spin (several times slower on a busy machine).
+the genes; the row's bytes for spaces of 2**62 or more vectors), so an arch is evaluated at most
+once.  Infeasible children are counted, never returned.  The run stops after ``n_evals`` archs or
+``time_s`` seconds, whichever comes first (with ``time_s`` the last batch is sized to end on
+time); with ``n_evals`` alone it is deterministic for a seed.  The predictors run with one BLAS
+thread (``blas_threads``): at these batch sizes more BLAS threads only spin, and on a busy
+2-core machine make the MLP accuracy predictor several times slower.
 """
 
 from __future__ import annotations
@@ -114,7 +122,7 @@ class RowKeys:
 
 
 def neighbourhood_moves(upper: np.ndarray, radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """``(genes, shifts)``, each ``(M, radius)``: every change of one gene (and, with radius 2, of two
+    """``(genes, shifts)``, each ``(M, 2)``: every change of one gene (and, with radius 2, of two
     distinct genes) to another choice, as ``x[g] = (x[g] + s) % n_g``; one-gene moves first,
     padded with shift 0 (no change) in the second column."""
     upper = np.asarray(upper, dtype=np.int64)
@@ -188,14 +196,25 @@ def refine_for_budget(
     batch: int = 1024,
     mutation_prob_var: float | None = None,
     n_keep: int = 5,
-    **opts,
+    explore: float = 0.5,
+    min_distance: int = 3,
+    bridge: float = 0.5,
+    over: float = 0.1,
+    blas_threads: int | None = 1,
 ) -> Refinement:
     """Maximize predicted accuracy s.t. predicted latency <= ``budget_ms``, seeded from ``seeds_X``.
 
-    ``seeds_X``: gene rows to start from (e.g. the front points near the budget); the smallest arch
-    of the space is always added, so a feasible start exists whenever anything is feasible.  Stops
-    after ``n_evals`` predicted archs (default ``DEFAULT_REFINE_EVALS`` when ``time_s`` is not given)
-    or ``time_s`` seconds, whichever first.  Never returns an arch predicted over ``budget_ms``.
+    ``seeds_X``: gene rows to start from (e.g. the front points near the budget, over it too); the
+    smallest arch of the space is always added, so a feasible start exists whenever anything is
+    feasible.  Stops after ``n_evals`` predicted archs (default ``DEFAULT_REFINE_EVALS`` when
+    ``time_s`` is not given) or ``time_s`` seconds, whichever first.  Never returns an arch
+    predicted over ``budget_ms``.
+
+    ``batch``: archs per generation; ``explore``: the share of each batch for mutations and
+    crossovers of ``n_parents`` parents at least ``min_distance`` genes apart (the rest goes to
+    the neighbourhoods); ``bridge``/``over``: how far over budget an arch may be and still be
+    expanded (see the module docstring; ``bridge=0``: feasible archs only); ``blas_threads``:
+    BLAS threads while predicting (``None``: as they are).
     """
     if not (np.isfinite(budget_ms) and budget_ms > 0):
         raise SearchError(f"latency budget must be a positive number of ms; got {budget_ms!r}")
@@ -207,22 +226,23 @@ def refine_for_budget(
         raise SearchError(f"time_s must be positive; got {time_s}")
     if n_parents < 1 or batch < 1:
         raise SearchError(f"n_parents and batch must be at least 1; got {n_parents}, {batch}")
-    o = dict(explore=0.25, min_distance=2, radius=2, blas_threads=1, activate=True, slack_credit=0.0, bridge=0.0,
-             over=0.1, n_variants=9, shuffle=False)
-    o.update(opts)
+    if not 0.0 <= explore <= 1.0 or bridge < 0 or over < 0 or min_distance < 1:
+        raise SearchError(f"need 0 <= explore <= 1, bridge >= 0, over >= 0, min_distance >= 1; got {explore}, "
+                          f"{bridge}, {over}, {min_distance}")
+    args = (space, predict_accuracy, predict_latency, float(budget_ms), seeds_X, None if n_evals is None else int(n_evals),
+            time_s, int(seed), int(n_parents), int(batch), mutation_prob_var, int(n_keep), float(explore),
+            int(min_distance), float(bridge), float(over))
+    if blas_threads is None:
+        return _refine(*args)
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=int(o.pop("blas_threads")), user_api="blas"):
-        return _refine(space, predict_accuracy, predict_latency, budget_ms, seeds_X, n_evals, time_s, seed, n_parents,
-                       batch, mutation_prob_var, n_keep, **o)
+    with threadpool_limits(limits=int(blas_threads), user_api="blas"):
+        return _refine(*args)
 
 
-def _refine(space, predict_accuracy, predict_latency, budget_ms, seeds_X, n_evals, time_s, seed, n_parents, batch,
-            mutation_prob_var, n_keep, *, explore, min_distance, radius, activate, slack_credit, bridge, over,
-            n_variants, shuffle) -> Refinement:
+def _refine(space, predict_accuracy, predict_latency, budget, seeds_X, max_evals, time_s, seed, n_parents, batch,
+            mutation_prob_var, n_keep, explore, min_distance, bridge, over) -> Refinement:
     t0 = time.perf_counter()
-    budget = float(budget_ms)
-    max_evals = None if n_evals is None else int(n_evals)
     acc_fn = CountingFn(predict_accuracy, "predict_accuracy")
     lat_fn = CountingFn(predict_latency, "predict_latency")
     problem = SubnetProblem(space, acc_fn, lat_fn)  # bounds for the mutation operator
@@ -235,7 +255,7 @@ def _refine(space, predict_accuracy, predict_latency, budget_ms, seeds_X, n_eval
     upper = np.asarray(space.vector_upper, dtype=np.int64)
     sizes = upper + 1
     keyer = RowKeys(upper)
-    mv_genes, mv_shifts = neighbourhood_moves(upper, radius)
+    mv_genes, mv_shifts = neighbourhood_moves(upper, 2)
     kdt = np.int64 if keyer.int_keys else object
 
     seen: set = set()
@@ -293,13 +313,11 @@ def _refine(space, predict_accuracy, predict_latency, budget_ms, seeds_X, n_eval
         return max(0.0, float(np.polyfit(PL[m], PA[m], 1)[0]))
 
     def score(A: np.ndarray, Lt: np.ndarray) -> np.ndarray:
+        """Expansion rank: accuracy, less ``bridge`` x the slope x the latency over budget."""
+        if bridge <= 0 or not (Lt > budget).any():
+            return A
         s = slope()
-        out = A.copy()
-        if slack_credit > 0:
-            out = out + slack_credit * s * np.maximum(0.0, budget - Lt)
-        if bridge > 0:
-            out = out - np.where(Lt > budget, (Lt - budget) * s * bridge if s > 0 else np.inf, 0.0)
-        return out
+        return A - np.where(Lt > budget, (Lt - budget) * s * bridge if s > 0 else np.inf, 0.0)
 
     def evaluate(X: np.ndarray, k: np.ndarray) -> None:
         nonlocal n_done, FX, FA, FL, FK, CX, CA, CL, CK, PX, PA, PL, rate
@@ -346,18 +364,14 @@ def _refine(space, predict_accuracy, predict_latency, budget_ms, seeds_X, n_eval
         return cand[chosen]
 
     def neighbours(x: np.ndarray) -> np.ndarray:
+        """The one- and two-gene neighbours of ``x``, then the variants of those that activate genes."""
         Y = _apply_moves(x, mv_genes, mv_shifts, sizes)
-        if shuffle:
-            Y = np.concatenate([Y[:len(Y) and int((mv_shifts[:, 1] == 0).sum())],
-                                rng.permutation(Y[int((mv_shifts[:, 1] == 0).sum()):])])
-        if not activate:
-            return Y
         Yc = canonicalize(space, Y)
         newly = space.active_genes(Yc) & ~space.active_genes(x[None, :])[0][None, :]
         rows = np.flatnonzero(newly.any(axis=1))
         if len(rows) == 0:
             return Y
-        return np.concatenate([Y, _activation_variants(Yc[rows], newly[rows], sizes, rng, n_variants)])
+        return np.concatenate([Y, _activation_variants(Yc[rows], newly[rows], sizes, rng, 9)])
 
     # ---- seeds
     start = [canonicalize(space, space.encode(space.min_arch())[None, :])]
