@@ -2,13 +2,16 @@
 
 A remote spec names the agent's ``address`` and the environment variable holding its token
 (``token_env``); its ``options`` are the options of the backend the agent runs (``agent_backend``,
-``ort`` by default), plus ``timeout_s`` for the HTTP calls themselves.
+``ort`` by default), plus ``timeout_s`` for the HTTP calls themselves and ``ca_file``, the CA
+certificate (PEM) that signed the certificate of an agent served over TLS (an ``https://`` address;
+without ``ca_file`` the system's trusted CAs are used).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -51,12 +54,32 @@ def _base_url(address: str) -> str:
 class AgentClient:
     """HTTP client of one agent; every call has a timeout and raises ``HwnasError`` subclasses."""
 
-    def __init__(self, address: str, token: str | None, *, timeout_s: float = 30.0, token_env: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None,
+        *,
+        timeout_s: float = 30.0,
+        token_env: str | None = None,
+        ca_file: str | Path | None = None,
+    ) -> None:
         self.address = address
         self.url = _base_url(address)
         self.token = token
         self.timeout_s = timeout_s
         self.token_env = token_env
+        self.ca_file = str(ca_file) if ca_file else None
+        self._tls: ssl.SSLContext | None = None
+        if self.url.startswith("https://"):
+            try:
+                self._tls = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise DeviceUnavailableError(
+                    f"cannot load the CA certificate {self.ca_file} for the agent at {address} "
+                    f"({getattr(exc, 'strerror', None) or exc})"
+                ) from None
+        elif self.ca_file:
+            raise DeviceSpecError(f"ca_file is set but the agent address {address} is not https://")
 
     def _unreachable(self, reason: object) -> DeviceUnavailableError:
         return DeviceUnavailableError(
@@ -81,7 +104,7 @@ class AgentClient:
             req.add_header("Content-Type", "application/octet-stream")
             req.add_header("Content-Length", str(length))
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s, context=self._tls) as resp:
                 return json.loads(resp.read().decode())
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None
@@ -90,11 +113,20 @@ class AgentClient:
                 f"agent at {self.address} did not answer within {timeout or self.timeout_s:g} s"
             ) from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLError):
+                raise self._tls_failed(exc.reason) from None
             raise self._unreachable(exc.reason) from None
+        except ssl.SSLError as exc:
+            raise self._tls_failed(exc) from None
         except (ConnectionError, OSError) as exc:
             raise self._unreachable(exc) from None
         except json.JSONDecodeError:
             raise AgentRequestError(f"agent at {self.address} answered something that is not JSON") from None
+
+    def _tls_failed(self, reason: ssl.SSLError) -> DeviceUnavailableError:
+        hint = ("set the spec's ca_file to the CA certificate that signed the agent's certificate"
+                if isinstance(reason, ssl.SSLCertVerificationError) else "check that the agent serves TLS (--tls-cert)")  # fmt: skip
+        return DeviceUnavailableError(f"TLS with the agent at {self.address} failed ({reason.reason or reason}); {hint}")
 
     def _http_error(self, exc: urllib.error.HTTPError) -> HwnasError:
         try:
@@ -140,8 +172,8 @@ class AgentClient:
 class RemoteBackend(Backend):
     """Measures an ONNX file on an edge agent; the protocol runs on the board."""
 
-    option_defaults = {"agent_backend": "ort", "timeout_s": 30.0}
-    unhashed = frozenset({"agent_backend", "timeout_s"})
+    option_defaults = {"agent_backend": "ort", "timeout_s": 30.0, "ca_file": ""}
+    unhashed = frozenset({"agent_backend", "timeout_s", "ca_file"})
     precisions = ("fp32", "fp16", "bf16", "int8")
 
     def __init__(self, spec: DeviceSpec, model: Any = None, input_shape: Sequence[int] | None = None) -> None:
@@ -157,6 +189,7 @@ class RemoteBackend(Backend):
         opts = dict(spec.options)
         backend = opts.pop("agent_backend", "ort")
         opts.pop("timeout_s", None)
+        opts.pop("ca_file", None)
         if backend not in AGENT_BACKENDS:
             raise DeviceSpecError(
                 f"device {spec.name!r}: agent_backend must be one of {', '.join(AGENT_BACKENDS)}; got {backend!r}"
@@ -170,7 +203,10 @@ class RemoteBackend(Backend):
         timeout = spec.options.get("timeout_s", cls.option_defaults["timeout_s"])
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise DeviceSpecError(f"device {spec.name!r}: timeout_s must be a positive number")
-        return {"agent_backend": inner.backend, "timeout_s": float(timeout),
+        ca_file = spec.options.get("ca_file", "")
+        if not isinstance(ca_file, str):
+            raise DeviceSpecError(f"device {spec.name!r}: ca_file must be a path (a string)")
+        return {"agent_backend": inner.backend, "timeout_s": float(timeout), "ca_file": ca_file,
                 **get_backend_class(inner.backend).resolve_options(inner)}  # fmt: skip
 
     @classmethod
@@ -191,7 +227,12 @@ class RemoteBackend(Backend):
             raise DeviceUnavailableError(
                 f"env var {spec.token_env} not set; export it with the token the agent at {spec.address} was started with"
             )
-        return AgentClient(spec.address, token, timeout_s=cls.resolve_options(spec)["timeout_s"], token_env=spec.token_env)
+        opts = cls.resolve_options(spec)
+        ca_file = opts["ca_file"] or None
+        if ca_file and spec.source and not Path(ca_file).expanduser().is_absolute():
+            ca_file = str(Path(spec.source).parent / ca_file)  # relative to the spec file
+        return AgentClient(spec.address, token, timeout_s=opts["timeout_s"], token_env=spec.token_env,
+                           ca_file=str(Path(ca_file).expanduser()) if ca_file else None)  # fmt: skip
 
     @classmethod
     def unavailable_reason(cls, spec: DeviceSpec) -> str | None:
@@ -229,8 +270,11 @@ class RemoteBackend(Backend):
         self._require_active()
         assert self._client is not None
         s = settings or self.default_settings()
-        # generous read timeout: queueing behind other jobs, warm-up, the timed phase and the model load
-        timeout = self._client.timeout_s + float(self._health.get("queue_timeout_s", 0)) + 2 * s.time_cap_s + 60
+        # generous read timeout: queueing behind other jobs, the model load and the agent's wall-clock limit
+        # of the measurement (2 x time_cap_s + measure_grace_s; older agents: warm-up + timed phase + 60 s)
+        h = self._health
+        timeout = (self._client.timeout_s + float(h.get("queue_timeout_s", 0)) + 2 * s.time_cap_s
+                   + float(h.get("load_timeout_s", 60)) + float(h.get("measure_grace_s", 0)) + 10)  # fmt: skip
         measurement, fp = self._client.measure(self.model, self._query(self.spec, s, self.input_shape), timeout=timeout)
         self.last_fingerprint = fp
         return measurement
