@@ -69,3 +69,7 @@ class SearchError(HwnasError, ValueError):
 
 class OutputError(HwnasError, OSError):
     """An output file cannot be written (missing or unwritable location, disk full)."""
+
+
+class OptionValueError(HwnasError, ValueError):
+    """A number given on the command line (or to a job) is not finite or outside its range."""

@@ -7,6 +7,10 @@ and renamed into place.  On any exception, ``KeyboardInterrupt`` included, the t
 and the target is left as it was.  :func:`atomic_outputs` does the same for several files that belong
 together (a model and its manifest): all are written first, then renamed in the order given.
 
+:func:`job_tempdir` is the scratch directory of a job (models exported to be measured): it is
+removed when the job ends, and a job killed with ``kill -9`` leaves one that the next job of the same
+kind removes.
+
 A location that cannot be written (a missing parent that cannot be created, no permission, a full
 disk) raises :class:`hwnas.errors.OutputError` naming the path, which the CLI prints as one line.
 """
@@ -15,15 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from hwnas.errors import OutputError
+from hwnas.errors import HwnasError, OutputError
 
 __all__ = ["atomic_output", "atomic_outputs", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "current_umask", "output_mode"]
+           "current_umask", "job_tempdir", "loads_json", "output_mode"]
 
 
 def current_umask() -> int:
@@ -126,3 +131,89 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, **json_kwargs: Any) -> Path:
     """``json.dumps(obj, **json_kwargs)`` plus a newline, written to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, **json_kwargs) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _sweep_stale(parent: Path, prefix: str) -> None:
+    """Remove ``PREFIX<pid>-*`` directories of ours in ``parent`` whose process is gone (a ``kill -9``)."""
+    import shutil
+
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for d in entries:
+        rest = d.name[len(prefix):] if d.name.startswith(prefix) else ""
+        pid = rest.split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            if d.is_dir() and not d.is_symlink() and d.stat().st_uid == os.getuid():
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
+
+
+@contextlib.contextmanager
+def job_tempdir(prefix: str) -> Iterator[Path]:
+    """A scratch directory ``PREFIX<pid>-XXXX`` in the system temp directory, removed on exit; the
+    directories earlier jobs of this ``prefix`` left when killed (their process gone) are removed first."""
+    import shutil
+
+    parent = Path(tempfile.gettempdir())
+    _sweep_stale(parent, prefix)
+    d = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def loads_json(text: str | bytes, what: str, error: type[HwnasError] = HwnasError, *, max_depth: int = 64) -> object:
+    """``json.loads`` of user-supplied text, every way it can fail turned into one ``error`` line.
+
+    ``what`` names the source ("predictor file p.json").  Besides malformed JSON this refuses what the
+    parser accepts but nothing downstream should see: nesting deeper than ``max_depth`` (deep nesting
+    otherwise surfaces as ``RecursionError`` wherever the value is walked), numbers too long for Python
+    (3.11 caps int conversion at 4300 digits), and NaN, Infinity or a float literal that overflows to inf.
+    """
+    def bad_constant(name: str) -> float:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def parse_float(s: str) -> float:
+        v = float(s)
+        if not math.isfinite(v):
+            raise ValueError(f"number {s[:20]}{'...' if len(s) > 20 else ''} is out of range")
+        return v
+
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        value = json.loads(text, parse_constant=bad_constant, parse_float=parse_float)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} is not UTF-8 text, so not JSON") from None
+    except RecursionError:
+        raise error(f"{what} nests JSON arrays/objects too deeply (more than {max_depth} levels)") from None
+    except ValueError as exc:  # int digit limit, NaN/Infinity, float overflow
+        msg = (str(exc).splitlines() or ["a number is out of range"])[0].split(";")[0]
+        raise error(f"{what} holds an unusable number ({msg})") from None
+    # depth check without recursion
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > max_depth:
+                raise error(f"{what} nests JSON arrays/objects too deeply (more than {max_depth} levels)")
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return value

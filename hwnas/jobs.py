@@ -12,7 +12,6 @@ family by registered name (or a ``SupernetFamily``) and a device by spec name, `
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from hwnas.errors import DataError, PredictorError, SearchError
+from hwnas.io import job_tempdir
 
 DEFAULT_DEVICE = "ort-cpu-1t"
 DEFAULT_STORE = Path("hwnas-out/store.sqlite")
@@ -211,8 +211,7 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
     settings = ProtocolSettings.from_mapping(spec.protocol)
     if time_cap_s is not None:
         settings = settings.replace(time_cap_s=time_cap_s)
-    Path(store).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp, Store(store) as st:
+    with job_tempdir("hwnas-profile-") as tmp, Store(store) as st:
         build = supernet_model_builder(net, spec.backend, tmp, batch=spec.batch)
         summary = profile_archs(st, spec, archs, build, fam.name, settings=settings, progress=progress,
                                 delete_models=True, anchor=anchor_of(fam))
@@ -224,19 +223,17 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
 
 
 def profile_model(model: str | Path, device: Any = DEFAULT_DEVICE, *, store: str | Path | None = None,
-                  time_cap_s: float | None = None) -> ModelProfileResult:
+                  time_cap_s: float | None = None,
+                  input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> ModelProfileResult:
     """Latency of any ONNX file on ``device`` (raw windowed timing: lower quartile of window medians),
-    recorded in ``store`` when given."""
-    from hwnas.devices import Store, profile_onnx_file
+    recorded in ``store`` when given.  ``input_shape`` fixes dynamic dimensions: one shape, or
+    ``{input name: shape}`` for named inputs (``--input-shape NAME:1x3x224x224``).  The store is created
+    only once the model has loaded and run, so a bad model leaves none behind."""
+    from hwnas.devices import profile_onnx_file
     from hwnas.devices.modelfile import check_onnx_file
 
-    check_onnx_file(model)  # a bad file is one line, before a store is created
-    if store is None:
-        res = profile_onnx_file(model, device, time_cap_s=time_cap_s)
-    else:
-        Path(store).parent.mkdir(parents=True, exist_ok=True)
-        with Store(store) as st:
-            res = profile_onnx_file(model, device, time_cap_s=time_cap_s, store=st)
+    check_onnx_file(model)  # a bad file is one line, before a device is touched
+    res = profile_onnx_file(model, device, time_cap_s=time_cap_s, input_shape=input_shape, store=store)
     m = res["measurement"]
     return ModelProfileResult(model=str(res["model"]), device=res["device"], median_ms=float(m["median_ms"]),
                               measurement=m, details=res)
@@ -322,7 +319,6 @@ def _accuracy_predictor_on_data(net: Any, data: Any, store: str | Path, samples:
     from hwnas.supernet.evaluate import evaluate_arch
 
     archs = sample_archs(net.space, max(0, samples - 2), seed)
-    Path(store).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with Store(store) as st:
         done = {r["arch_id"] for r in st.accuracies(net.weights_hash, data.split)}
@@ -423,9 +419,7 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
     if latency_predictor is None and lats is None:
         raise SearchError(f"no {fam.name} measurements of {spec.name} in {store}; profile the device first "
                           f"(hwnas profile --device {spec.name} --store {store}) or pass --latency-predictor FILE")
-    tmp = tempfile.TemporaryDirectory(prefix="hwnas-search-")
-    try:
-        tmpdir = Path(tmp.name)
+    with job_tempdir("hwnas-search-") as tmpdir:
         acc_fit = None
         if acc_from_data:
             acc_pred, acc_fit = _accuracy_predictor_on_data(net, eval_data, store, int(accuracy_samples), seed,
@@ -472,7 +466,6 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
 
             ev = eval_data if eval_data is not None else open_eval_data(fam)
             evaluate_fn = lambda archs: [evaluate_arch(net, a, ev) for a in archs]  # noqa: E731
-        Path(store).parent.mkdir(parents=True, exist_ok=True)
         with Store(store) as st:
             measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmpdir / "models",
                                                                       batch=spec.batch),
@@ -495,8 +488,6 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
                 pop_size=SEARCH_POP_SIZE, time_s=SEARCH_TIME_S, refine_time_s=REFINE_TIME_S,
                 evaluate_accuracy=evaluate_fn, supernet=fam.name, device=spec.name)
         fitted = (tmpdir / "latency.json").read_bytes() if lat_fit is not None else None
-    finally:
-        tmp.cleanup()
     files = write_outputs(result, Path(out))
     if predictors_dir is not None and fitted is not None:  # keep the latency predictor fitted for this search
         from hwnas.io import atomic_write_bytes

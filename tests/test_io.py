@@ -168,3 +168,33 @@ def test_search_outputs_honour_umask_and_appear_together(tmp_path, umask, monkey
     with pytest.raises(RuntimeError):
         output.write_outputs(_tiny_search_result(), tmp_path / "again")
     assert not (tmp_path / "again").exists() or list((tmp_path / "again").iterdir()) == []
+
+
+def test_job_tempdir_removes_what_killed_jobs_left(tmp_path, monkeypatch):
+    """A scratch directory of a job whose process is gone (kill -9) is removed by the next job of that
+    kind; one of a live process, another prefix, or a name without a pid is left alone."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from hwnas.io import job_tempdir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited, so no process has this pid (unless the OS reused it at once)
+    stale = tmp_path / f"hwnas-profile-{dead_pid}-abcd"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "model.onnx").write_bytes(b"x")
+    live = tmp_path / f"hwnas-profile-{os.getppid()}-efgh"
+    other = tmp_path / f"hwnas-search-{dead_pid}-ijkl"
+    odd = tmp_path / "hwnas-profile-notapid"
+    for d in (live, other, odd):
+        d.mkdir()
+    with job_tempdir("hwnas-profile-") as d:
+        assert d.is_dir() and d.parent == tmp_path and d.name.startswith(f"hwnas-profile-{os.getpid()}-")
+        (d / "m.onnx").write_bytes(b"y")
+        assert not stale.exists() and live.exists() and other.exists() and odd.exists()
+    assert not d.exists()
+    with pytest.raises(RuntimeError), job_tempdir("hwnas-profile-") as d2:  # removed on an error too
+        raise RuntimeError("boom")
+    assert not d2.exists()

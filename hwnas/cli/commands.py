@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from hwnas.cli.common import emit, progress_bar
+from hwnas.cli.common import COUNT, SECONDS, SEED, emit, number, parse_input_shapes, progress_bar
 from hwnas.cli.main import JSON_OPT, app, supernet_app
 
 
@@ -16,11 +16,12 @@ from hwnas.cli.main import JSON_OPT, app, supernet_app
 def supernet_train_cmd(
     out: Path = typer.Option(Path("runs/supernet"), "-o", "--out", help="Run directory (checkpoint, log, weights)."),
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family (a Fashion-MNIST family)."),
-    epochs: int = typer.Option(7, help="Epochs over the 55,000-image training split."),
-    batch_size: int = typer.Option(128),
-    lr: float = typer.Option(0.1),
-    n_random: int = typer.Option(1, help="Random subnets per step besides the largest and smallest."),
-    seed: int = typer.Option(0),
+    epochs: int = typer.Option(7, help="Epochs over the 55,000-image training split.", callback=COUNT),
+    batch_size: int = typer.Option(128, callback=COUNT),
+    lr: float = typer.Option(0.1, callback=number(0, lo_open=True)),
+    n_random: int = typer.Option(1, help="Random subnets per step besides the largest and smallest.",
+                                 callback=number(0)),
+    seed: int = typer.Option(0, callback=SEED),
     data: Optional[Path] = typer.Option(None, help="Fashion-MNIST IDX directory."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     json_: bool = JSON_OPT,
@@ -41,12 +42,13 @@ def supernet_train_cmd(
 @supernet_app.command("eval")
 def supernet_eval_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="Arch JSON file or inline JSON."),
-    samples: int = typer.Option(0, help="Evaluate N sampled archs (plus min and max) and store them."),
+    samples: int = typer.Option(0, help="Evaluate N sampled archs (plus min and max) and store them.",
+                                callback=number(0)),
     split: str = typer.Option("val", help="val | test (test: final figures only)."),
     supernet: str = typer.Option("mbv3_fmnist"),
     weights: Optional[Path] = typer.Option(None, help="Supernet weights (default: shipped)."),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="Measurement/accuracy store."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, callback=SEED),
     data: Optional[Path] = typer.Option(None, help="Your data: an image folder (one folder per class), train/ and "
                                                    "val/ folders, an .npz of images and labels, or a Fashion-MNIST "
                                                    "IDX directory (default: the family's shipped set)."),
@@ -84,8 +86,9 @@ def devices_cmd(json_: bool = JSON_OPT) -> None:
 
     def human(rs):
         for r in rs:
-            state = "ok" if r["available"] else f"unavailable: {r['reason']}"
-            typer.echo(f"{r['name']:<12} {r['backend']:<10} {state}")
+            state = ("ok" if r["available"] else f"invalid: {r['reason']}" if r.get("invalid")
+                     else f"unavailable: {r['reason']}")
+            typer.echo(f"{r['name']:<12} {'-' if r.get('invalid') else r['backend']:<10} {state}")
 
     emit(rows, json_, human)
 
@@ -93,15 +96,27 @@ def devices_cmd(json_: bool = JSON_OPT) -> None:
 @agent_app.command("serve")
 def agent_serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)."),
-    port: int = typer.Option(8765),
-    token: Optional[str] = typer.Option(None, help="Token (default: $HWNAS_AGENT_TOKEN)."),
+    port: int = typer.Option(8765, callback=number(0, 65535)),
+    token: Optional[str] = typer.Option(None, help="Token (default: $HWNAS_AGENT_TOKEN); ps shows it, prefer --token-file."),
+    token_file: Optional[Path] = typer.Option(None, help="File holding the token (mode 600)."),
     insecure_no_token: bool = typer.Option(False, "--insecure-no-token", help="Serve without authentication."),
-    max_upload_mb: float = typer.Option(256.0, help="Largest model accepted."),
+    max_upload_mb: float = typer.Option(256.0, help="Largest model accepted.", callback=number(0, lo_open=True)),
+    max_queue: int = typer.Option(8, help="Uploads admitted at once (uploading, waiting or measuring); more get 503.", callback=COUNT),
+    queue_timeout_s: float = typer.Option(300.0, help="Longest wait for the running measurement.", callback=SECONDS),
+    max_time_cap_s: float = typer.Option(120.0, help="Largest time_cap_s a request may ask for.", callback=SECONDS),
+    request_timeout_s: float = typer.Option(60.0, help="A whole request (headers and body) must arrive within this.", callback=SECONDS),
+    max_connections: int = typer.Option(64, help="Connections open at once; more get 503.", callback=number(2)),
+    measure_grace_s: float = typer.Option(2.0, help="A measurement is stopped 2 x time_cap_s + this after its model loaded.", callback=number(0)),
+    tls_cert: Optional[Path] = typer.Option(None, help="Serve HTTPS with this certificate (PEM)."),
+    tls_key: Optional[Path] = typer.Option(None, help="The certificate's private key (PEM)."),
 ) -> None:
     """Serve measurement requests (POST /measure with an ONNX model); GET /health answers without a token."""
     from hwnas.devices.agent import serve
 
-    serve(host=host, port=port, token=token, insecure_no_token=insecure_no_token, max_upload_mb=max_upload_mb,
+    serve(host=host, port=port, token=token, token_file=token_file, insecure_no_token=insecure_no_token,
+          max_upload_mb=max_upload_mb, max_queue=max_queue, queue_timeout_s=queue_timeout_s,
+          max_time_cap_s=max_time_cap_s, request_timeout_s=request_timeout_s, max_connections=max_connections,
+          measure_grace_s=measure_grace_s, tls_cert=tls_cert, tls_key=tls_key,
           ready=lambda srv: typer.echo(f"hwnas agent listening on {srv.url}", err=True))
 
 
@@ -110,18 +125,29 @@ def profile_cmd(
     model: Optional[Path] = typer.Argument(None, help="Measure this ONNX file instead of supernet subnets."),
     device: str = typer.Option("ort-cpu-1t", "--device", "-d", help="Device spec name or .toml path."),
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family whose subnets to profile."),
-    samples: int = typer.Option(100, help="Subnets to measure (stratified small/medium/large; min and max included)."),
+    samples: int = typer.Option(100, help="Subnets to measure (stratified small/medium/large; min and max included).",
+                                callback=number(2)),
     weights: Optional[Path] = typer.Option(None, help="Weights (latency does not depend on them)."),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="SQLite measurement store."),
-    seed: int = typer.Option(0),
-    time_cap: Optional[float] = typer.Option(None, help="Seconds of timed runs per subnet (default: the spec's)."),
+    seed: int = typer.Option(0, callback=SEED),
+    time_cap: Optional[float] = typer.Option(None, help="Seconds of timed runs per subnet (default: the spec's).",
+                                             callback=SECONDS),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", metavar="NAME:1x3x224x224",
+                                                    help="With MODEL: the shape of an input with dynamic "
+                                                         "dimensions (trtexec's --shapes); repeat it or separate "
+                                                         "inputs by commas."),
     json_: bool = JSON_OPT,
 ) -> None:
     """Profile a device: measure real latency of exported subnets (resumable) into the store."""
     import hwnas.jobs as jobs
+    from hwnas.errors import OptionValueError
 
+    shapes = parse_input_shapes(input_shape)
+    if shapes is not None and model is None:
+        raise OptionValueError("--input-shape sets the input shape of an ONNX MODEL; pass the model "
+                               "(hwnas profile model.onnx --input-shape ...)")
     if model is not None:
-        res1 = jobs.profile_model(model, device, store=store, time_cap_s=time_cap).to_dict()
+        res1 = jobs.profile_model(model, device, store=store, time_cap_s=time_cap, input_shape=shapes).to_dict()
 
         def human1(r):
             m = r["measurement"]
@@ -159,8 +185,9 @@ def predictor_fit_cmd(
     supernet: str = typer.Option("mbv3_fmnist"),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite")),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Artifact file (.json) or directory."),
-    holdout: float = typer.Option(0.2, help="Held-out fraction for the reported metrics."),
-    max_train: Optional[int] = typer.Option(None, help="Use at most N training rows (few-shot)."),
+    holdout: float = typer.Option(0.2, help="Held-out fraction for the reported metrics (0: none).",
+                                  callback=number(0, 1, hi_open=True)),
+    max_train: Optional[int] = typer.Option(None, help="Use at most N training rows (few-shot).", callback=COUNT),
     prior: Optional[Path] = typer.Option(None, help="Prior predictor of another device (kind transfer)."),
     rows: Optional[Path] = typer.Option(None, "--rows", metavar="FILE",
                                         help="Fit on (arch, accuracy) rows from a CSV or JSON file instead of "
@@ -169,7 +196,7 @@ def predictor_fit_cmd(
                                                       "(default: the shipped weights)."),
     split: str = typer.Option("val", help="Accuracy: the stored split (default: val, or the one dataset these "
                                           "weights were evaluated on with --data)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, callback=SEED),
     json_: bool = JSON_OPT,
 ) -> None:
     """Fit a predictor on the store's rows; report held-out RMSE, MAPE, +-5%/+-10%, Kendall tau."""
@@ -256,9 +283,10 @@ def search_cmd(
                                         "accuracy predictor, one is fitted on --accuracy-samples archs evaluated "
                                         "on it."),
     accuracy_samples: int = typer.Option(50, "--accuracy-samples", help="Archs evaluated on --data to fit an "
-                                         "accuracy predictor when none is given (stored, resumable)."),
-    rounds: int = typer.Option(2, help="Closed-loop rounds (search, measure, refit)."),
-    seed: int = typer.Option(0),
+                                         "accuracy predictor when none is given (stored, resumable).",
+                                         callback=number(0)),
+    rounds: int = typer.Option(2, help="Closed-loop rounds (search, measure, refit).", callback=COUNT),
+    seed: int = typer.Option(0, callback=SEED),
     out: Path = typer.Option(Path("hwnas-out/search"), "-o", "--out"),
     json_: bool = JSON_OPT,
 ) -> None:
@@ -282,10 +310,10 @@ def search_cmd(
 def run_cmd(
     out: Path = typer.Option(Path("hwnas-out"), "-o", "--out"),
     device: str = typer.Option("ort-cpu-1t", "--device", "-d"),
-    samples: int = typer.Option(150, help="Subnets to profile (reused on a second run)."),
+    samples: int = typer.Option(150, help="Subnets to profile (reused on a second run).", callback=number(2)),
     latency: Optional[str] = typer.Option(None, "--latency", help="Budget (default: 35% into the measured range)."),
-    rounds: int = typer.Option(2),
-    seed: int = typer.Option(0),
+    rounds: int = typer.Option(2, callback=COUNT),
+    seed: int = typer.Option(0, callback=SEED),
     json_: bool = JSON_OPT,
 ) -> None:
     """The main job: profile this machine, fit predictors, search, export ONNX + INT8 ONNX."""

@@ -67,3 +67,120 @@ def progress_bar(description: str, total: int | None, enabled: bool = True) -> I
             prog.update(task, **kw)
 
         yield update
+
+
+# ---------------------------------------------------------------------------------- option values
+def _fmt(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool, integer: bool) -> str:
+    kind = "a whole number" if integer else "a finite number"
+    if lo is not None and hi is not None:
+        return f"{kind} in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{kind} {'>' if lo_open else '>='} {_fmt(lo)}"
+    if hi is not None:
+        return f"{kind} {'<' if hi_open else '<='} {_fmt(hi)}"
+    return kind
+
+
+def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False, integer: bool = False) -> Any:
+    """``value`` if it is finite (and whole, with ``integer``) and inside the range, else ``OptionValueError``
+    naming ``name`` and the range.  ``None`` passes (an option left unset)."""
+    import math
+
+    from hwnas.errors import OptionValueError
+
+    if value is None:
+        return value
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and not integer:
+        ok = math.isfinite(value)
+    if ok and integer:
+        ok = isinstance(value, int) or (math.isfinite(value) and float(value).is_integer())
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        raise OptionValueError(f"{name} {value!r} is out of range: give {_range_text(lo, hi, lo_open, hi_open, integer)}")
+    return value
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[..., Any]:
+    """A Typer option callback: the value must be a finite number inside the range (``nan``, ``inf`` and
+    out-of-range values are one ``OptionValueError`` line naming the option); ``None`` passes."""
+
+    def callback(ctx: Any, param: Any, value: Any) -> Any:
+        name = max(getattr(param, "opts", None) or [f"--{param.name}"], key=len)
+        integer = isinstance(value, int) and not isinstance(value, bool)  # Typer has parsed an int option
+        return check_number(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer)
+
+    return callback
+
+
+SEED = number(0, 2**32 - 1)  # numpy's seed range
+COUNT = number(1)  # a positive count (batch, epochs, rounds)
+SECONDS = number(0, lo_open=True)  # a positive duration
+
+
+# ---------------------------------------------------------------------------------- environment errors
+def os_error_line(exc: OSError) -> str:
+    """One line for an ``OSError`` that reached the CLI: what went wrong with which path, and what to do."""
+    import errno
+
+    path = exc.filename if exc.filename is not None else None
+    why = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    if path is None:
+        return f"{why} ({type(exc).__name__})"
+    if exc.filename2 is not None:
+        path = f"{path} -> {exc.filename2}"
+    hint = {
+        errno.ENOENT: "check the path exists",
+        errno.EEXIST: "a file is in the way where a directory must be made; remove it or choose another path",
+        errno.ENOTDIR: "a part of the path is a file, not a directory; choose another path",
+        errno.EISDIR: "it is a directory; pass a file path",
+        errno.EACCES: "choose a location you may write or fix its permissions",
+        errno.EPERM: "choose a location you may write or fix its permissions",
+        errno.EROFS: "the file system is read-only; choose another location",
+        errno.ENOSPC: "the disk is full; free space or choose another location",
+    }.get(exc.errno or -1)
+    return f"{path}: {why}" + (f"; {hint}" if hint else "")
+
+
+def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | tuple[int, ...] | None:
+    """``--input-shape`` values (trtexec's ``--shapes``): ``NAME:1x3x224x224``, repeated or comma-separated;
+    a bare ``1x3x224x224`` stands for a model's only input.  Bad text is one ``OptionValueError`` line."""
+    from hwnas.errors import OptionValueError
+
+    items = [part.strip() for v in (values or []) for part in v.split(",") if part.strip()]
+    if not items:
+        return None
+    named: dict[str, tuple[int, ...]] = {}
+    bare: list[tuple[int, ...]] = []
+    for item in items:
+        name, sep, dims = item.rpartition(":")  # the last colon: names such as "input:0" keep theirs
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not shape or any(d < 1 for d in shape):
+            raise OptionValueError(f"--input-shape {item!r} is not NAME:DIMS with DIMS positive integers joined "
+                                   "by x, e.g. input:1x3x224x224")
+        if sep and not name:
+            raise OptionValueError(f"--input-shape {item!r} has an empty input name; write NAME:{dims}")
+        if not sep:
+            bare.append(shape)
+        elif name in named and named[name] != shape:
+            raise OptionValueError(f"--input-shape gives input {name!r} two shapes")
+        else:
+            named[name] = shape
+    if bare:
+        if len(bare) > 1 or named:
+            raise OptionValueError("--input-shape without a name stands for a model's only input; name each input "
+                                   "(NAME:1x3x224x224) when there are several")
+        return bare[0]
+    return named

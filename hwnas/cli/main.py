@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from hwnas.cli.common import emit
+from hwnas.cli.common import COUNT, SECONDS, SEED, emit
 from hwnas.errors import HwnasError
 
 app = typer.Typer(
@@ -57,7 +60,7 @@ def supernets_cmd(json_: bool = JSON_OPT) -> None:
 def sample_cmd(
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family."),
     which: str = typer.Option("random", help="random | min | max"),
-    seed: int = typer.Option(0, help="Seed for random sampling."),
+    seed: int = typer.Option(0, help="Seed for random sampling.", callback=SEED),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the arch JSON here."),
     json_: bool = JSON_OPT,
 ) -> None:
@@ -88,7 +91,7 @@ def export_cmd(
     weights: Optional[Path] = typer.Option(None, help="Supernet state dict (default: the shipped weights)."),
     fmt: str = typer.Option("onnx", "--format", help="Export format: onnx | onnx-int8 | tensorrt "
                                                      "(hwnas.formats.list_formats())."),
-    batch: int = typer.Option(1, help="Static batch size."),
+    batch: int = typer.Option(1, help="Static batch size.", callback=COUNT),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch dimension dynamic."),
     no_optimize: bool = typer.Option(False, "--no-optimize", help="Skip graph optimization (onnxslim)."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Measure the result on this device "
@@ -100,7 +103,8 @@ def export_cmd(
                                                     "accuracy checks: an image folder (one folder per class), "
                                                     "train/ and val/ folders, or an .npz (default: the family's "
                                                     "shipped set; 'none': keep the supernet's BN statistics)."),
-    time_cap: Optional[float] = typer.Option(None, help="Seconds of timed runs per latency measurement."),
+    time_cap: Optional[float] = typer.Option(None, help="Seconds of timed runs per latency measurement.",
+                                             callback=SECONDS),
     json_: bool = JSON_OPT,
 ) -> None:
     """Export a subnet as a verified engine with a manifest."""
@@ -141,18 +145,63 @@ def export_cmd(
     emit(res, json_, human)
 
 
+class Terminated(SystemExit):
+    """SIGTERM (CI cancellation, ``timeout``, systemd), raised in the main thread as ``SystemExit(143)`` so it
+    unwinds like Ctrl-C (no ``except Exception`` swallows it; Typer does not turn it into another exit code):
+    the atomic writers remove their temporary files and the stores close their connections."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # a second SIGTERM while the first unwinds: stop at once, as an unhandled SIGTERM would
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While the command runs, SIGTERM raises ``Terminated`` in the main thread (only it can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: user errors print one line and exit 1, never a traceback."""
+    """Console-script entry: user errors print one line and exit 1, never a traceback.
+
+    ``HwnasError`` and ``OSError`` (the environment: a missing, unwritable or misplaced path) are one line
+    and exit 1; Ctrl-C exits 130 and SIGTERM 143, both after the outputs in progress are cleaned up.
+    """
     from hwnas.cli import commands  # registers the job commands on hwnas.cli.main.app
+    from hwnas.cli.common import os_error_line
 
     try:
-        commands.app(args=argv, standalone_mode=True)
+        with _sigterm_unwinds():
+            commands.app(args=argv, standalone_mode=True)
     except HwnasError as exc:
-        typer.echo(f"hwnas: error: {exc}", err=True)
+        typer.echo(f"hwnas: error: {_one_line(str(exc))}", err=True)
         raise SystemExit(1) from None
+    except OSError as exc:
+        typer.echo(f"hwnas: error: {os_error_line(exc)}", err=True)
+        raise SystemExit(1) from None
+    except Terminated as exc:
+        typer.echo("hwnas: terminated (SIGTERM); no partial output was left", err=True)
+        raise SystemExit(exc.code) from None
     except KeyboardInterrupt:
         typer.echo("hwnas: interrupted", err=True)
         raise SystemExit(130) from None
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return "; ".join(lines) if lines else "(no message)"
 
 
 if __name__ == "__main__":  # python -m hwnas.cli.main: run the registered app, not this copy's

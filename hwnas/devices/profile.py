@@ -17,7 +17,7 @@ from hwnas.devices.modelfile import check_onnx_file
 from hwnas.devices.protocol import Measurement, ProtocolSettings
 from hwnas.devices.spec import DeviceSpec, load_device
 from hwnas.devices.store import Store
-from hwnas.errors import DeviceUnavailableError, HwnasError, StoreError
+from hwnas.errors import DeviceUnavailableError, HwnasError, ModelFileError, StoreError
 
 Arch = dict
 # build_model(arch) -> (ONNX path or nn.Module, full input shape or None)
@@ -84,8 +84,9 @@ def anchor_latency(store: Store, fp_hash: str, rc: str, spec: DeviceSpec, anchor
     cal = replace(settings, anchored=0, rounds=1, time_cap_s=cap, windows=max(settings.windows, 3),
                   min_timed_s=min(CALIBRATION_S, cap), window_quantile=0.25)
     m = runner.measure(cal)
-    store.set_meta(key, repr(float(m.median_ms)))
-    return float(m.median_ms)
+    # another process profiling into this store may have calibrated meanwhile: the first value stored
+    # is the one every row of the key is scaled by, whichever process measures it
+    return float(store.claim_meta(key, repr(float(m.median_ms))))
 
 
 def combine_rounds(visits: Sequence[Measurement]) -> Measurement:
@@ -126,7 +127,9 @@ def profile_archs(
     once measured.  With ``settings.rounds`` > 1 the archs are taken in chunks of ``chunk_size``: all
     models of a chunk are loaded, each is measured ``rounds`` times in turn (interleaved, so a burst of
     interference from other tenants of the machine hits one visit, not all of them) and the fastest
-    visit is stored (``combine_rounds``); rows are written per chunk.  An arch whose model cannot be
+    visit is stored (``combine_rounds``).  A row is written as soon as its last visit is taken, and each
+    earlier visit is kept in the store until then, so a run killed at any moment loses at most the
+    visit in flight; a restart resumes from the kept visits.  An arch whose model cannot be
     built or loaded (any ``HwnasError`` but an unavailable device or a store error, which stop the job)
     is reported in ``failed`` and the job goes on.
 
@@ -145,6 +148,7 @@ def profile_archs(
     store.add_fingerprint(fp)
     rc = runtime_config(spec)
     done = store.measured_arch_ids(fp.fp_hash, rc, spec.batch, spec.precision)
+    kept = store.visits(fp.fp_hash, rc, spec.batch, spec.precision)
     todo: dict[str, Arch] = {}
     for arch_id, arch in archs:
         todo.setdefault(arch_id, arch)
@@ -198,7 +202,6 @@ def profile_archs(
         anchor_ms = anchor_latency(store, fp.fp_hash, rc, spec, aid, anchor_runner, s)
 
     def run_chunk(group: list[tuple[int, str, Arch]]) -> None:
-        nonlocal measured, timed_s
         if use_anchor and anchor_runner is None:
             start_anchor()
         with ExitStack() as stack:
@@ -212,27 +215,13 @@ def profile_archs(
                     fail(i, arch_id, exc)
                     continue
                 live.append((i, arch_id, arch, backend))
-            visits: dict[str, list[Measurement]] = {arch_id: [] for _, arch_id, _, _ in live}
-            for r in range(rounds):
-                rs = visit_settings(s, r)
-                # the order alternates so no model is always measured right after the same neighbour
-                for i, arch_id, arch, backend in (live if r % 2 == 0 else live[::-1]):
-                    if arch_id not in visits:
-                        continue
-                    try:
-                        if anchor_runner is not None:
-                            visits[arch_id].append(backend.measure(rs, anchor=anchor_runner, anchor_ms=anchor_ms))
-                        else:
-                            visits[arch_id].append(backend.measure(rs))
-                    except (DeviceUnavailableError, StoreError):
-                        raise
-                    except HwnasError as exc:
-                        fail(i, arch_id, exc)
-                        del visits[arch_id]
-            for i, arch_id, arch, _ in live:
-                if arch_id not in visits:
-                    continue
-                m = combine_rounds(visits[arch_id])
+            # visits kept by a run killed between rounds count; each new visit is kept as it is taken
+            visits: dict[str, dict[int, Measurement]] = {arch_id: dict(kept.get(arch_id, {}))
+                                                          for _, arch_id, _, _ in live}
+
+            def finish(i: int, arch_id: str, arch: Arch) -> None:
+                nonlocal measured, timed_s
+                m = combine_rounds([visits[arch_id][r] for r in sorted(visits[arch_id])])
                 store.add_measurement(
                     fp.fp_hash, rc, arch_id, m, batch=spec.batch, precision=spec.precision,
                     arch=arch, supernet=supernet_name, device=spec.name,
@@ -242,6 +231,31 @@ def profile_archs(
                 timed_s += m.timed_s
                 if progress:
                     progress(ProfileEvent(i, total, arch_id, "measured", median_ms=m.median_ms))
+
+            for r in range(rounds):
+                rs = visit_settings(s, r)
+                # the order alternates so no model is always measured right after the same neighbour
+                for i, arch_id, arch, backend in (live if r % 2 == 0 else live[::-1]):
+                    if arch_id not in visits:
+                        continue
+                    if r not in visits[arch_id]:
+                        try:
+                            if anchor_runner is not None:
+                                m = backend.measure(rs, anchor=anchor_runner, anchor_ms=anchor_ms)
+                            else:
+                                m = backend.measure(rs)
+                        except (DeviceUnavailableError, StoreError):
+                            raise
+                        except HwnasError as exc:
+                            fail(i, arch_id, exc)
+                            del visits[arch_id]
+                            continue
+                        visits[arch_id][r] = m
+                        if rounds > 1 and len(visits[arch_id]) < rounds:
+                            store.add_visit(fp.fp_hash, rc, arch_id, r, m, batch=spec.batch, precision=spec.precision)
+                    if len(visits[arch_id]) >= rounds:  # its last visit: the row is written at once
+                        finish(i, arch_id, arch)
+                        del visits[arch_id]
 
     with outer:
         for i, (arch_id, arch) in items:
@@ -293,12 +307,15 @@ def profile_onnx_file(
     *,
     settings: ProtocolSettings | None = None,
     time_cap_s: float | None = None,
-    input_shape: Sequence[int] | None = None,
-    store: Store | None = None,
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+    store: Store | str | Path | None = None,
 ) -> dict[str, Any]:
     """Measure any ONNX file on ``device``; the file is validated first (``ModelFileError``, one line).
 
-    With ``store`` the result is also written, keyed by the hash of the file's bytes.  Returns
+    ``input_shape`` fixes dynamic dimensions: one shape (the first input's) or ``{input name: shape}``
+    (trtexec's ``--shapes``); the leading (batch) dim is the spec's batch.  With ``store`` (a ``Store`` or
+    a path) the result is also written, keyed by the hash of the file's bytes; a path is opened only
+    after the model has loaded and run, so a model that fails leaves no new store behind.  Returns
     ``{"model", "device", "runtime_config", "measurement", "fingerprint", "settings"}``.
     """
     p = check_onnx_file(path)
@@ -306,6 +323,11 @@ def profile_onnx_file(
     require_available(spec)
     s = settings or ProtocolSettings.from_mapping(spec.protocol)
     s = s.replace(time_cap_s=time_cap_s)
+    if isinstance(input_shape, Mapping) and spec.backend != "ort":  # only the ORT backend takes names
+        if len(input_shape) != 1:
+            raise ModelFileError(f"backend {spec.backend!r} takes the shape of one input; got shapes for "
+                                 f"{', '.join(map(str, input_shape))}")
+        input_shape = next(iter(input_shape.values()))
     with create_backend(spec, model=p, input_shape=input_shape) as backend:
         # with rounds > 1 the visits are back to back (there is nothing to interleave with)
         m = combine_rounds([backend.measure(visit_settings(s, r)) for r in range(max(int(s.rounds), 1))])
@@ -321,8 +343,11 @@ def profile_onnx_file(
     }
     if store is not None:
         arch_id = file_arch_id(p)
-        store.add_fingerprint(fp)
-        store.add_measurement(fp.fp_hash, rc, arch_id, m, batch=spec.batch, precision=spec.precision, device=spec.name)
+        with ExitStack() as stack:
+            st = store if isinstance(store, Store) else stack.enter_context(Store(store))
+            st.add_fingerprint(fp)
+            st.add_measurement(fp.fp_hash, rc, arch_id, m, batch=spec.batch, precision=spec.precision,
+                               device=spec.name)
         out["arch_id"] = arch_id
     return out
 

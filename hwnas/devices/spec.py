@@ -22,6 +22,7 @@ the first file named ``<name>.toml`` wins.  A path to a ``.toml`` file works too
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,26 @@ class DeviceSpecError(HwnasError, ValueError):
     """A device spec file is malformed."""
 
 
+def _kind(v: Any) -> str:
+    """How a TOML value's type reads in a message: ``'4' (a string)``."""
+    if isinstance(v, bool):
+        t = "a boolean"
+    elif isinstance(v, int):
+        t = "an integer"
+    elif isinstance(v, float):
+        t = "a float"
+    elif isinstance(v, str):
+        t = "a string"
+    elif isinstance(v, Mapping):
+        t = "a table"
+    elif isinstance(v, (list, tuple)):
+        t = "an array"
+    else:
+        t = f"a {type(v).__name__}"
+    text = repr(v)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({t})"
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """What runs the measurements on one device and how."""
@@ -64,18 +85,24 @@ class DeviceSpec:
     def __post_init__(self) -> None:
         where = f" in {self.source}" if self.source else ""
         if not self.name or not isinstance(self.name, str):
-            raise DeviceSpecError(f"device spec{where} needs a non-empty string 'name'")
+            raise DeviceSpecError(f"device spec{where} needs a non-empty string 'name'; got {_kind(self.name)}")
         if not isinstance(self.backend, str) or not self.backend:
-            raise DeviceSpecError(f"device spec {self.name!r}{where} needs a string 'backend'")
+            raise DeviceSpecError(f"device spec {self.name!r}{where} needs a string 'backend'; got {_kind(self.backend)}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise DeviceSpecError(f"device spec {self.name!r}{where}: 'batch' must be a positive int; got {self.batch!r}")
-        if self.precision not in PRECISIONS:
+            raise DeviceSpecError(f"device spec {self.name!r}{where}: 'batch' must be a positive integer; "
+                                  f"got {_kind(self.batch)}")
+        for key in ("description", "address", "token_env"):
+            v = getattr(self, key)
+            if not (isinstance(v, str) or (v is None and key != "description")):
+                raise DeviceSpecError(f"device spec {self.name!r}{where}: {key!r} must be a string; got {_kind(v)}")
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise DeviceSpecError(
                 f"device spec {self.name!r}{where}: 'precision' = {self.precision!r} is not one of {', '.join(PRECISIONS)}"
             )
         for key in ("options", "protocol"):
             if not isinstance(getattr(self, key), Mapping):
-                raise DeviceSpecError(f"device spec {self.name!r}{where}: [{key}] must be a table")
+                raise DeviceSpecError(f"device spec {self.name!r}{where}: [{key}] must be a table; "
+                                      f"got {_kind(getattr(self, key))}")
         if self.backend == "remote" and not (self.address and self.token_env):
             raise DeviceSpecError(f"remote device spec {self.name!r}{where} needs 'address' and 'token_env'")
 
@@ -115,15 +142,46 @@ class DeviceSpec:
         return cls(
             name=data.get("name", ""),
             backend=data.get("backend", ""),
-            description=str(data.get("description", "")),
+            description=data.get("description", ""),
             batch=data.get("batch", 1),
             precision=data.get("precision", "fp32"),
-            options=dict(data.get("options", {})),
-            protocol=dict(data.get("protocol", {})),
+            options=_table(data.get("options", {})),
+            protocol=_table(data.get("protocol", {})),
             address=data.get("address"),
             token_env=data.get("token_env"),
             source=source if source is not None else data.get("source"),
         )
+
+
+def _table(v: Any) -> Any:
+    """A TOML table as a plain dict; anything else is passed on for ``DeviceSpec`` to refuse by name."""
+    return dict(v) if isinstance(v, Mapping) else v
+
+
+def check_option_types(spec: DeviceSpec, defaults: Mapping[str, Any]) -> None:
+    """Each option the spec sets must have its default's type (ints may stand for floats, never booleans)."""
+    where = f" in {spec.source}" if spec.source else ""
+    for key, value in spec.options.items():
+        default = defaults.get(key)
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string"
+        elif isinstance(default, Mapping):
+            ok, want = isinstance(value, Mapping), "a table"
+        elif isinstance(default, (list, tuple)):
+            ok, want = isinstance(value, list), "an array"
+        else:
+            continue
+        if not ok:
+            raise DeviceSpecError(f"device spec {spec.name!r}{where}: option {key!r} must be {want}; got {_kind(value)}")
 
 
 @dataclass(frozen=True)
@@ -133,9 +191,10 @@ class DeviceInfo:
     spec: DeviceSpec
     available: bool
     reason: str = ""
+    invalid: bool = False  # the spec file itself is malformed (``reason`` says how)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.spec.to_dict(), "available": self.available, "reason": self.reason}
+        return {**self.spec.to_dict(), "available": self.available, "reason": self.reason, "invalid": self.invalid}
 
 
 def device_dirs() -> list[Path]:
@@ -161,19 +220,31 @@ def _spec_files() -> dict[str, Path]:
 def load_spec_file(path: str | Path) -> DeviceSpec:
     """Read and validate one spec file (the name defaults to the file's stem)."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise DeviceSpecError(f"device spec {p} is a directory, not a .toml file")
     if not p.is_file():
         raise DeviceSpecError(f"device spec file {p} does not exist")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DeviceSpecError(f"device spec {p} is not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise DeviceSpecError(f"device spec {p} cannot be read ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())
+        raise DeviceSpecError(f"device spec {p} is not valid TOML ({why})") from None
     data.setdefault("name", p.stem)
     if data["name"] != p.stem:
         raise DeviceSpecError(f"device spec {p} says name = {data['name']!r}; the name must match the file name ({p.stem!r})")
     spec = DeviceSpec.from_dict(data, source=str(p))
     from hwnas.devices.backends import get_backend_class
+    from hwnas.devices.protocol import ProtocolError, ProtocolSettings
 
-    get_backend_class(spec.backend).resolve_options(spec)  # unknown backend / option -> clear error
+    cls = get_backend_class(spec.backend)
+    check_option_types(spec, cls.option_defaults)  # a wrong-typed option names itself, before a backend uses it
+    cls.resolve_options(spec)  # unknown backend / option -> clear error
+    try:
+        ProtocolSettings.from_mapping(spec.protocol)
+    except ProtocolError as exc:
+        raise DeviceSpecError(f"device spec {p}: [protocol] {exc}") from None
     return spec
 
 
@@ -222,7 +293,9 @@ def list_devices() -> list[DeviceInfo]:
         try:
             spec = load_spec_file(path)
         except HwnasError as exc:
-            out.append(DeviceInfo(DeviceSpec(name=name, backend="invalid", source=str(path)), False, str(exc)))
+            reason = " ".join(str(exc).split())  # one line, whatever the parser said
+            out.append(DeviceInfo(DeviceSpec(name=name, backend="invalid", source=str(path)), False, reason,
+                                  invalid=True))
             continue
         out.append(device_status(spec))
     return out
@@ -235,6 +308,7 @@ __all__ = [
     "DeviceSpecError",
     "PRECISIONS",
     "SHIPPED_DEVICES_DIR",
+    "check_option_types",
     "device_dirs",
     "device_names",
     "device_status",

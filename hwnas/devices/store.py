@@ -1,7 +1,8 @@
 """The measurement store: one SQLite file (WAL mode) holding fingerprints, latencies and accuracies.
 
-Every write is its own committed statement, so a profiling run killed with ``kill -9`` loses at most
-the row in flight and a restart skips what is already there.  Measurements are keyed by
+Every write is committed before it returns, so a profiling run killed with ``kill -9`` loses at most
+the measurement in flight and a restart skips what is already there (with interleaved rounds each
+visit is kept in ``visits`` until the subnet's row is written, and a restart resumes from them).  Measurements are keyed by
 (fingerprint hash, runtime config, arch id, batch, precision); accuracies by (supernet hash, arch id,
 split).  Writing a key again replaces the row (upsert), so there are never duplicates.
 
@@ -14,6 +15,7 @@ writer commits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -21,7 +23,7 @@ import stat
 import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from hwnas.devices.fingerprint import Fingerprint
 from hwnas.devices.protocol import Measurement
@@ -31,6 +33,21 @@ SCHEMA_VERSION = 1
 STORE_KIND = "hwnas-measurement-store"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _STATS = ("median_ms", "p90_ms", "iqr_ms", "mean_ms", "std_ms", "min_ms", "cv", "ci_low_ms", "ci_high_ms", "n")
+
+# Visits of a subnet measured in interleaved rounds, kept until its row is written: a run killed between
+# rounds resumes from them.  Added after schema version 1 shipped, so it is created in a store lacking it.
+_VISITS = """CREATE TABLE IF NOT EXISTS visits (
+    id INTEGER PRIMARY KEY,
+    fp_hash TEXT NOT NULL,
+    runtime_config TEXT NOT NULL,
+    arch_id TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    precision TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    measurement_json TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (fp_hash, runtime_config, arch_id, batch, precision, round)
+)"""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +81,7 @@ CREATE TABLE IF NOT EXISTS accuracies (
     created_at TEXT NOT NULL,
     UNIQUE (supernet_hash, arch_id, split)
 );
+{_VISITS};
 """
 
 
@@ -107,6 +125,41 @@ def _readonly_uri(p: Path, header: bytes) -> str:
     else:
         query = "mode=rw" if writable else "mode=ro"
     return f"file:{urllib.parse.quote(str(p.resolve()))}?{query}"
+
+
+def _store_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    hint = ("; the file is corrupt: restore it from a copy or pass another --store path"
+            if "malformed" in str(exc) or "not a database" in str(exc) else "")
+    return StoreError(f"store {path}: {exc}{hint}")
+
+
+class _Rows:
+    """The cursor ``Store._exec`` returns: rows are read lazily, and a corrupt page met while reading them
+    raises ``StoreError`` like one met by the statement itself."""
+
+    __slots__ = ("_cur", "_path")
+
+    def __init__(self, cur: sqlite3.Cursor, path: Path) -> None:
+        self._cur, self._path = cur, path
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cur.fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise _store_error(self._path, exc) from None
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cur.fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise _store_error(self._path, exc) from None
+
+    def __iter__(self) -> Iterator[Any]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
 
 
 class Store:
@@ -173,6 +226,8 @@ class Store:
                     f"{self.path} has store schema version {meta.get('schema_version')}; this hwnas reads version "
                     f"{SCHEMA_VERSION}"
                 )
+            if not self.readonly and "visits" not in tables:
+                con.execute(_VISITS)
             return
         if self.readonly:
             raise StoreError(f"{self.path} is not a measurement store (it has no tables); pass another --store path")
@@ -207,9 +262,9 @@ class Store:
 
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
-            return self._conn.execute(sql, params)
+            return _Rows(self._conn.execute(sql, params), self.path)  # type: ignore[return-value]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"store {self.path}: {exc}") from None
+            raise _store_error(self.path, exc) from None
 
     # ------------------------------------------------------------------ fingerprints
     def add_fingerprint(self, fp: Fingerprint) -> None:
@@ -250,11 +305,50 @@ class Store:
         )  # fmt: skip
         keys = ("fp_hash", "runtime_config", "arch_id", "batch", "precision")
         updates = ", ".join(f"{c}=excluded.{c}" for c in cols if c not in keys)
+        with self._transaction():  # the row and the end of its visits, together
+            self._exec(
+                f"INSERT INTO measurements ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET {updates}",
+                vals,
+            )
+            self._exec(
+                "DELETE FROM visits WHERE fp_hash=? AND runtime_config=? AND arch_id=? AND batch=? AND precision=?",
+                (fp_hash, runtime_config, arch_id, int(batch), precision),
+            )
+
+    def add_visit(self, fp_hash: str, runtime_config: str, arch_id: str, round_: int, measurement: Measurement, *,
+                  batch: int, precision: str) -> None:
+        """Keep visit ``round_`` of a subnet measured in interleaved rounds until its row is written
+        (``add_measurement`` removes its visits); committed before returning."""
         self._exec(
-            f"INSERT INTO measurements ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-            f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET {updates}",
-            vals,
-        )
+            "INSERT INTO visits (fp_hash, runtime_config, arch_id, batch, precision, round, measurement_json, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(fp_hash, runtime_config, arch_id, batch, precision, round) "
+            "DO UPDATE SET measurement_json=excluded.measurement_json, created_at=excluded.created_at",
+            (fp_hash, runtime_config, arch_id, int(batch), precision, int(round_),
+             json.dumps(measurement.to_dict(), sort_keys=True), _now()),
+        )  # fmt: skip
+
+    def visits(self, fp_hash: str, runtime_config: str, batch: int, precision: str) -> dict[str, dict[int, Measurement]]:
+        """The kept visits of subnets whose row is not written yet: ``{arch_id: {round: Measurement}}``."""
+        out: dict[str, dict[int, Measurement]] = {}
+        for r in self._exec(
+            "SELECT arch_id, round, measurement_json FROM visits WHERE fp_hash=? AND runtime_config=? AND batch=? "
+            "AND precision=? ORDER BY id", (fp_hash, runtime_config, int(batch), precision),
+        ):  # fmt: skip
+            out.setdefault(r[0], {})[int(r[1])] = Measurement.from_dict(json.loads(r[2]))
+        return out
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error); the store is in autocommit otherwise."""
+        self._exec("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+        self._exec("COMMIT")
 
     def has_measurement(self, fp_hash: str, runtime_config: str, arch_id: str, batch: int, precision: str) -> bool:
         row = self._exec(
@@ -301,6 +395,16 @@ class Store:
         """A value of the store's key/value table (``None`` if absent)."""
         row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def claim_meta(self, key: str, value: str) -> str:
+        """Set ``key`` to ``value`` unless it is set already; return the value stored, which is the first
+        writer's: two processes that both found ``key`` unset agree on one value."""
+        if key in ("kind", "schema_version"):
+            raise StoreError(f"meta key {key!r} belongs to the store itself")
+        with self._transaction():
+            self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (key, str(value)))
+            row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
         """Set a key of the store's key/value table; committed before returning."""

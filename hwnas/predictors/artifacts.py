@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from hwnas.errors import PredictorError, UnknownSupernetError
+from hwnas.io import loads_json
 from hwnas.io import atomic_write_text
 from hwnas.predictors.base import Predictor, get_predictor_class
 from hwnas.predictors.features import FEATURE_VERSION, resolve_config
@@ -56,14 +57,96 @@ def _encode(obj: Any) -> Any:
     raise PredictorError(f"cannot store a {type(obj).__name__} in a predictor artifact")
 
 
-def _decode(obj: Any) -> Any:
+def _decode(obj: Any, where: str = "predictor artifact", field: str = "state") -> Any:
     if isinstance(obj, dict):
         if "__ndarray__" in obj:
-            return np.asarray(obj["data"], dtype=obj["__ndarray__"]).reshape(obj["shape"])
-        return {k: _decode(v) for k, v in obj.items()}
+            return _decode_array(obj, where, field)
+        return {k: _decode(v, where, f"{field}.{k}") for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_decode(v) for v in obj]
+        return [_decode(v, where, f"{field}[{i}]") for i, v in enumerate(obj)]
     return obj
+
+
+def _decode_array(obj: Mapping[str, Any], where: str, field: str) -> np.ndarray:
+    """An encoded array, every field checked: a wrong one is one ``PredictorError`` naming it."""
+    dtype, shape, data = obj.get("__ndarray__"), obj.get("shape"), obj.get("data")
+    try:
+        dt = np.dtype(dtype) if isinstance(dtype, str) else None
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in "biuf":
+        raise PredictorError(f"{where}: field {field!r} has array dtype {dtype!r}; expected a numeric dtype name "
+                             f"such as 'float64'")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                            for d in shape)):
+        raise PredictorError(f"{where}: field {field!r} has array shape {shape!r}; expected a list of integers >= 0")
+    if not isinstance(data, list):
+        raise PredictorError(f"{where}: field {field!r} has array data of type {_json_type(data)}; expected a list")
+    try:
+        arr = np.asarray(data, dtype=dt)
+    except (TypeError, ValueError, OverflowError):
+        raise PredictorError(f"{where}: field {field!r} holds array data that is not a flat list of {dt.name} "
+                             f"numbers") from None
+    if arr.ndim != 1 or arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise PredictorError(f"{where}: field {field!r} holds {arr.size} values in shape {arr.shape}, not the "
+                             f"{int(np.prod(shape, dtype=np.int64))} of its shape {shape}")
+    return arr.reshape(shape)
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, Mapping):
+        return "object"
+    return type(v).__name__
+
+
+# field -> (JSON types allowed, what to say); every other field is free-form
+_FIELD_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "kind": (("string",), "a string"),
+    "target": (("string",), "a string"),
+    "supernet": (("string",), "a string"),
+    "supernet_kind": (("string", "null"), "a string or null"),
+    "supernet_config": (("object", "null"), "an object"),
+    "supernet_hash": (("string", "null"), "a string or null"),
+    "device": (("string", "null"), "a string or null"),
+    "fp_hash": (("string", "null"), "a string or null"),
+    "fingerprint": (("object", "null"), "an object or null"),
+    "stat": (("string", "null"), "a string or null"),
+    "n_train": (("number",), "an integer"),
+    "metrics": (("object", "null"), "an object"),
+    "train_arch_ids": (("array", "null"), "an array of strings or null"),
+    "notes": (("string", "array", "object", "null"), "a string, array, object or null"),
+    "params": (("object",), "an object"),
+    "state": (("object",), "an object"),
+}
+
+
+def _check_field_types(d: Mapping[str, Any], where: str) -> None:
+    """Each known artifact field has its JSON type, or one line names the field and the type expected."""
+    for key in ("format_version", "feature_version"):
+        v = d.get(key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise PredictorError(f"{where}: field {key!r} must be an integer; got {_json_type(v)} {v!r:.40}")
+    for key in ("kind", "params", "state"):
+        if key not in d:
+            raise PredictorError(f"{where} has no field {key!r}; it is not a complete predictor artifact")
+    for key, (types, what) in _FIELD_TYPES.items():
+        if key in d and _json_type(d[key]) not in types:
+            raise PredictorError(f"{where}: field {key!r} must be {what}; got {_json_type(d[key])}")
+    if "n_train" in d and (not isinstance(d["n_train"], int) or d["n_train"] < 0):
+        raise PredictorError(f"{where}: field 'n_train' must be an integer >= 0; got {d['n_train']!r:.40}")
+    ids = d.get("train_arch_ids")
+    if isinstance(ids, list) and not all(isinstance(a, str) for a in ids):
+        raise PredictorError(f"{where}: field 'train_arch_ids' must be an array of strings")
 
 
 DEFAULT_FAMILY_KIND = "ofa_mbv3"  # artifacts written before families were plug-ins name no kind
@@ -125,6 +208,7 @@ def _check_header(d: Mapping[str, Any], where: str, expect_supernet: str | None,
                   expect_supernet_hash: str | None, expect_target: str | None) -> SupernetFamily | str:
     if not isinstance(d, Mapping) or d.get("format") != FORMAT:
         raise PredictorError(f"{where} is not a hwnas predictor artifact")
+    _check_field_types(d, where)
     if d.get("format_version") != FORMAT_VERSION:
         raise PredictorError(f"{where} has artifact format version {d.get('format_version')}; this hwnas reads "
                              f"version {FORMAT_VERSION}; retrain it")
@@ -167,12 +251,12 @@ def predictor_from_dict(d: Mapping[str, Any], *, where: str = "predictor artifac
         cls = get_predictor_class(d["kind"])
     except KeyError:
         raise PredictorError(f"{where} holds a predictor of unknown kind {d.get('kind')!r}") from None
-    params = dict(_decode(d.get("params", {})))
+    params = dict(_decode(d.get("params", {}), where, "params"))
     unknown = sorted(set(params) - set(cls._param_names()))
     if unknown:
         raise PredictorError(f"{where}: kind {d['kind']} has no hyperparameter(s) {', '.join(unknown)}")
     pred = cls(supernet=supernet, **params)
-    state = _decode(d["state"])
+    state = _decode(d["state"], where, "state")
     try:
         pred._set_state(state)
         pred.n_train_ = int(state["n_train"])
@@ -204,9 +288,10 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise PredictorError(f"predictor file {p} does not exist")
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PredictorError(f"predictor file {p} is not valid JSON ({exc})") from None
+        text = p.read_bytes()
+    except OSError as exc:
+        raise PredictorError(f"predictor file {p} cannot be read ({exc.strerror or exc})") from None
+    d = loads_json(text, f"predictor file {p}", PredictorError)
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise PredictorError(f"{p} is not a hwnas predictor artifact")
     return d

@@ -135,18 +135,17 @@ def save_table(table: LatencyTable, path: str | Path) -> Path:
 def load_table(path: str | Path, *, expect_supernet: str | None = None,
                expect_fp_hash: str | None = None) -> LatencyTable:
     """Read a LUT written by ``save_table``; a wrong family, layout or device is one ``PredictorError`` line."""
-    import json
 
     from hwnas.errors import UnknownSupernetError
     from hwnas.predictors.artifacts import _config_dict, config_from_dict
 
     p = Path(path)
+    from hwnas.io import loads_json
+
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = loads_json(p.read_bytes(), f"LUT file {p}", PredictorError)
     except FileNotFoundError:
         raise PredictorError(f"LUT file {p} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PredictorError(f"LUT file {p} is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != LUT_FORMAT:
         raise PredictorError(f"{p} is not a hwnas latency table")
     name = doc.get("supernet")

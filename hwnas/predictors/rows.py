@@ -102,8 +102,8 @@ def _csv_rows(p: Path, text: str, fields: list[str]) -> tuple[list[tuple[str, An
             raise _fail(p, where, "the arch is missing (an empty cell)")
         try:
             parsed = [json.loads(c) for c in cells]
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise _fail(p, where, f"the arch is not valid JSON ({str(exc)[:100]}); write it as a JSON object "
+        except (json.JSONDecodeError, RecursionError, ValueError) as exc:  # ValueError: 4300-digit int limit
+            raise _fail(p, where, f"the arch is not valid JSON ({str(exc).split(';')[0][:100]}); write it as a JSON object "
                                   f"in a quoted cell") from None
         arch = parsed[0] if arch_cols is None else dict(zip(fields, parsed))
         out.append((where, arch, row[acc_col]))
@@ -114,9 +114,10 @@ def _csv_rows(p: Path, text: str, fields: list[str]) -> tuple[list[tuple[str, An
 def _json_rows(p: Path, text: str, fields: list[str]) -> tuple[list[tuple[str, Any, Any]], str]:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:  # ValueError: 4300-digit int limit
         where = f"line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        msg = (exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply" if isinstance(exc, RecursionError)
+               else str(exc).split(";")[0][:100])
         raise _fail(p, where, f"is not valid JSON ({msg}); write a list of {{\"arch\": {{...}}, \"accuracy\": x}}") \
             from None
     if isinstance(data, Mapping) and "rows" in data:

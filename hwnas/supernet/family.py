@@ -402,7 +402,7 @@ def load_arch_file(path: str | Path) -> dict:
     try:
         data = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise ArchError(f"arch file {p} is not valid JSON ({str(exc)[:120]}); fix the file") from None
+        raise ArchError(f"arch file {p} is not valid JSON ({str(exc).split(';')[0][:120]}); fix the file") from None
     if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
         data = data["arch"]
     return data
@@ -417,7 +417,7 @@ def parse_arch(text_or_path: str | Mapping[str, Any]) -> dict:
         try:
             data = json.loads(s)
         except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-            raise ArchError(f"inline arch is not valid JSON ({str(exc)[:120]})") from None
+            raise ArchError(f"inline arch is not valid JSON ({str(exc).split(';')[0][:120]})") from None
         if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
             data = data["arch"]
         return data

@@ -16,7 +16,7 @@ from devices_onnx_models import build_convnet
 from hwnas.devices import ProtocolSettings, Store, load_device, profile_archs, profile_onnx_file, stratified_sample
 from hwnas.devices.backends import ModelKindError
 from hwnas.devices.profile import ProfileError, visit_settings
-from hwnas.errors import ModelFileError
+from hwnas.errors import ModelFileError, StoreError
 from hwnas.supernet.families.mbv3 import ArchSpace
 
 HERE = Path(__file__).resolve().parent
@@ -147,6 +147,51 @@ def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
     assert all(r["created_at"] == before[r["arch_id"]] for r in after if r["arch_id"] in before)
 
 
+def _kept_visits(store: Path) -> tuple[str | None, str | None, dict[str, dict[int, float]]]:
+    """``(fp_hash, runtime_config, {arch_id: {round: median_ms}})`` of the visits a store keeps."""
+    try:
+        st = Store(store, readonly=True)
+    except StoreError:  # not there yet, or the child is creating its schema right now
+        return None, None, {}
+    with st:
+        names = {r[0] for r in st._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        row = st._conn.execute("SELECT fp_hash, runtime_config FROM visits").fetchone() if "visits" in names else None
+        if row is None:
+            return None, None, {}
+        kept = st.visits(row[0], row[1], 1, "fp32")
+    return row[0], row[1], {a: {r: m.median_ms for r, m in v.items()} for a, v in kept.items()}
+
+
+def test_kill9_between_rounds_keeps_the_visits_taken(tmp_path: Path) -> None:
+    """Interleaved rounds: a run killed after the first round of a chunk keeps every visit it took, and
+    the restart measures only the visits missing; the kept ones are in the rows it writes."""
+    models = _models(tmp_path, 4)
+    store = tmp_path / "kill.sqlite"
+    cmd = [sys.executable, str(HERE / "devices_profile_child.py"), str(store), str(tmp_path / "models"), "0.3", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    fp, rc, kept = None, None, {}
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and len(kept) < 3:
+            fp, rc, kept = _kept_visits(store)
+            time.sleep(0.01)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    fp, rc, kept = _kept_visits(store)  # what the killed run left
+    assert fp is not None and len(kept) >= 3 and all(len(v) == 1 for v in kept.values()), kept
+
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    with Store(store) as st:
+        after = {r["arch_id"]: st.measurement(fp, rc, r["arch_id"], 1, "fp32") for r in st.measurements()}
+    assert sorted(after) == sorted(models)
+    assert _kept_visits(store)[2] == {}  # every row written, so no visit is kept any more
+    for arch_id, v in kept.items():
+        ((r, ms),) = v.items()
+        assert after[arch_id].round_medians_ms[r] == ms  # the kept visit, not a new one
+
+
 def _space() -> ArchSpace:
     return ArchSpace(n_stages=3, max_depth=2, ks_list=(3, 5), e_list=(2, 4), d_list=(1, 2), resolutions=(16, 24), name="toy")
 
@@ -239,6 +284,30 @@ def test_profile_archs_anchored_calibrates_once_per_store(tmp_path: Path) -> Non
                       anchor=("anchor", {"id": "anchor"}))
         m = st.measurement(st.measurements()[0]["fp_hash"], st.measurements()[0]["runtime_config"], "a00", 1, "fp32")
         assert m is not None and m.anchor_ratio is None and st.get_meta(keys[0]) is None
+
+
+def test_two_processes_profiling_one_store_share_one_calibration(tmp_path: Path) -> None:
+    """Two anchored profiling processes started together on one store both calibrate the anchor; the
+    first calibration stored is the one both scale every row by."""
+    anchor_model = build_convnet(tmp_path / "anchor.onnx", channels=8, size=12, seed=99)
+    store = tmp_path / "shared.sqlite"
+    procs = []
+    for k in range(2):
+        d = tmp_path / f"m{k}"
+        d.mkdir()
+        for i in range(2):
+            build_convnet(d / f"p{k}a{i}.onnx", channels=4 + 2 * i + k, size=12, seed=10 * k + i)
+        cmd = [sys.executable, str(HERE / "devices_profile_child.py"), str(store), str(d), "0.2", "2", str(anchor_model)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    with Store(store) as st:
+        cal = [float(v) for k, v in st._exec("SELECT key, value FROM meta WHERE key LIKE 'anchor_ms|%'")]
+        rows = st.measurements()
+        used = {st.measurement(r["fp_hash"], r["runtime_config"], r["arch_id"], 1, "fp32").anchor_ms for r in rows}
+    assert len(rows) == 4 and len(cal) == 1
+    assert used == {cal[0]}  # every row of both processes scaled by the one stored calibration
 
 
 def test_anchored_profile_refuses_a_store_of_unanchored_rows(tmp_path: Path) -> None:

@@ -80,6 +80,25 @@ def test_load_by_path_and_env_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ('backend = "remote"\n', DeviceSpecError, "address"),
         ('backend = "ort"\ncolour = "red"\n', DeviceSpecError, "colour"),
         ('backend = "ort"\n[options\n', DeviceSpecError, "TOML"),
+        # wrong-typed fields name the field and the type expected, whatever the field
+        ('backend = "ort"\nbatch = "4"\n', DeviceSpecError, "'batch' must be a positive integer; got '4' (a string)"),
+        ('backend = "ort"\nbatch = true\n', DeviceSpecError, "'batch' must be a positive integer; got True (a boolean)"),
+        ('backend = 3\n', DeviceSpecError, "needs a string 'backend'; got 3 (an integer)"),
+        ('backend = "ort"\nprecision = 32\n', DeviceSpecError, "'precision' = 32 is not one of"),
+        ('backend = "ort"\ndescription = ["a"]\n', DeviceSpecError, "'description' must be a string; got ['a'] (an array)"),
+        ('backend = "ort"\noptions = "fast"\n', DeviceSpecError, "[options] must be a table; got 'fast' (a string)"),
+        ('backend = "ort"\nprotocol = [1]\n', DeviceSpecError, "[protocol] must be a table"),
+        ('backend = "ort"\n[options]\nintra_op_threads = "two"\n', DeviceSpecError,
+         "option 'intra_op_threads' must be an integer; got 'two' (a string)"),
+        ('backend = "ort"\n[options]\nallow_spinning = "yes"\n', DeviceSpecError,
+         "option 'allow_spinning' must be true or false"),
+        ('backend = "ort"\n[options]\nprovider = 3\n', DeviceSpecError, "option 'provider' must be a string"),
+        ('backend = "ort"\n[options]\nprovider_options = 1\n', DeviceSpecError, "option 'provider_options' must be a table"),
+        ('backend = "remote"\naddress = "h:1"\ntoken_env = "T"\n[options]\ntimeout_s = inf\n', DeviceSpecError,
+         "option 'timeout_s' must be a finite number"),
+        ('backend = "remote"\naddress = 8765\ntoken_env = "T"\n', DeviceSpecError, "'address' must be a string"),
+        ('backend = "ort"\n[protocol]\ntime_cap_s = "soon"\n', DeviceSpecError, "time_cap_s = 'soon' is not a number"),
+        ('backend = "ort"\n[protocol]\nwarmup = 1\n', DeviceSpecError, "unknown protocol setting(s) warmup"),
     ],
 )
 def test_bad_specs_are_clear_errors(tmp_path: Path, text: str, err: type, needle: str) -> None:
@@ -135,7 +154,15 @@ def test_bad_spec_file_is_listed_not_fatal(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HWNAS_DEVICES_DIR", str(tmp_path))
     infos = {d.spec.name: d for d in list_devices()}
     assert not infos["broken"].available and "TOML" in infos["broken"].reason
-    assert infos["ort-cpu-1t"].available
+    assert infos["broken"].invalid and infos["broken"].to_dict()["invalid"] is True
+    assert infos["ort-cpu-1t"].available and not infos["ort-cpu-1t"].invalid
+
+
+def test_remote_timeout_may_be_an_integer(tmp_path: Path) -> None:
+    """A float option given as a TOML integer is fine (the type check accepts ints for floats)."""
+    f = tmp_path / "board.toml"
+    f.write_text('backend = "remote"\naddress = "127.0.0.1:1"\ntoken_env = "T"\n[options]\ntimeout_s = 5\n')
+    assert load_device(f).options["timeout_s"] == 5
 
 
 def test_name_must_match_file(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +49,25 @@ def import_ort() -> Any:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _ort_errors(ort: Any) -> tuple[type[BaseException], ...]:
+    """The exception types ONNX Runtime raises for a model that fails (pybind ``Fail``, ``InvalidArgument``,
+    ``RuntimeException``, ...): not our own bugs, which stay ordinary exceptions with a traceback."""
+    mod = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+    found = tuple(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Exception)) if mod else ()
+    return found or (RuntimeError,)
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _dims_text(dims: Sequence[Any]) -> str:
+    return "x".join(str(d) if isinstance(d, int) and d >= 0 else str(d or "?") for d in dims)
 
 
 @register_backend("ort")
@@ -109,7 +130,13 @@ class OrtBackend(LocalBackend):
         return fields
 
     def __init__(self, spec: DeviceSpec, model: Any = None, input_shape: Any = None) -> None:
+        # input_shape: one shape (the first input's) or {input name: shape} for several / named inputs
+        self._named_shapes: dict[str, tuple[int, ...]] = {}
+        if isinstance(input_shape, Mapping):
+            self._named_shapes = {str(k): tuple(int(d) for d in v) for k, v in input_shape.items()}
+            input_shape = None
         super().__init__(spec, model=model, input_shape=input_shape)
+        self._errors: tuple[type[BaseException], ...] = ()
         self._session: Any = None
         self._specs: list[InputSpec] = []
         self._output: str = ""
@@ -130,7 +157,7 @@ class OrtBackend(LocalBackend):
         so.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, _OPT_LEVELS[self.options["graph_optimization_level"]]
         )
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # fatal only: a failing model is raised as one ModelFileError line, not logged too
         spin = "1" if self.options["allow_spinning"] else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
@@ -166,15 +193,40 @@ class OrtBackend(LocalBackend):
             raise DeviceUnavailableError(
                 f"onnxruntime fell back to {sess.get_providers()[0]}: {self.options['provider']} failed to initialise"
             )
-        self._session = sess
-        self._specs = []
-        for i, inp in enumerate(sess.get_inputs()):
+        self._errors = _ort_errors(ort)
+        inputs = sess.get_inputs()
+        unknown = sorted(set(self._named_shapes) - {inp.name for inp in inputs})
+        if unknown:
+            raise ModelFileError(f"{path} has no input named {', '.join(map(repr, unknown))}; its inputs are "
+                                 f"{', '.join(repr(i.name) for i in inputs)}")
+        specs = []
+        for i, inp in enumerate(inputs):
             if inp.type not in _ORT_DTYPES:
                 raise ModelFileError(f"input {inp.name!r} of {path} has unsupported type {inp.type}")
-            shape = resolve_shape(
-                inp.name, inp.shape, self.spec.batch, self.input_shape if i == 0 else None, model=str(path)
+            override = self._named_shapes.get(inp.name, self.input_shape if i == 0 else None)
+            dynamic = [j for j, d in enumerate(inp.shape) if j > 0 and not (isinstance(d, int) and d >= 0)]
+            if override is None and dynamic:
+                j = dynamic[0]
+                example = "x".join(str(d) if isinstance(d, int) and d >= 0 else (str(self.spec.batch) if k == 0
+                                   else f"<{d or '?'}>") for k, d in enumerate(inp.shape))
+                raise ModelFileError(
+                    f"input {inp.name!r} of {path} has a dynamic dimension {j} ({inp.shape[j] or '?'}) in shape "
+                    f"{_dims_text(inp.shape)}; give its size with --input-shape {inp.name}:{example} "
+                    f"(input_shape={{{inp.name!r}: (...)}} in Python)"
+                )
+            shape = resolve_shape(inp.name, inp.shape, self.spec.batch, override, model=str(path))
+            specs.append(InputSpec(inp.name, shape, _ORT_DTYPES[inp.type]))
+        need = sum(math.prod(sp.shape) * np.dtype(sp.dtype).itemsize for sp in specs)
+        have = _physical_memory_bytes()
+        if have is not None and need > have:
+            big = max(specs, key=lambda sp: math.prod(sp.shape) * np.dtype(sp.dtype).itemsize)
+            raise ModelFileError(
+                f"the inputs of {path} need {need / 2**30:.1f} GiB (input {big.name!r} has shape "
+                f"{_dims_text(big.shape)}), more than this machine's {have / 2**30:.1f} GiB of memory; "
+                "pass a smaller --input-shape or use a smaller model"
             )
-            self._specs.append(InputSpec(inp.name, shape, _ORT_DTYPES[inp.type]))
+        self._session = sess
+        self._specs = specs
         self._output = sess.get_outputs()[0].name
 
     def _deactivate(self) -> None:
@@ -187,6 +239,10 @@ class OrtBackend(LocalBackend):
         self._require_active()
         return list(self._specs)
 
+    def _run_failed(self, exc: BaseException) -> ModelFileError:
+        """A model that loads but fails when run (a shape mismatch inside the graph, memory it cannot get)."""
+        return ModelFileError(f"onnxruntime cannot run {self.model}: {_first_line(exc)}")
+
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> None:
         self._require_active()
         feeds = self._feeds(inputs)
@@ -195,26 +251,36 @@ class OrtBackend(LocalBackend):
             return
         ort = import_ort()
         device = "cuda"
-        binding = self._session.io_binding()
-        self._device_inputs = [ort.OrtValue.ortvalue_from_numpy(v, device, 0) for v in feeds.values()]
-        for name, val in zip(feeds, self._device_inputs, strict=True):
-            binding.bind_ortvalue_input(name, val)
-        for out in self._session.get_outputs():
-            binding.bind_output(out.name, device)
+        try:
+            binding = self._session.io_binding()
+            self._device_inputs = [ort.OrtValue.ortvalue_from_numpy(v, device, 0) for v in feeds.values()]
+            for name, val in zip(feeds, self._device_inputs, strict=True):
+                binding.bind_ortvalue_input(name, val)
+            for out in self._session.get_outputs():
+                binding.bind_output(out.name, device)
+        except self._errors as exc:
+            raise self._run_failed(exc) from None
         self._binding = binding
 
     def time_once(self) -> int:
-        if self._binding is not None:
+        try:
+            if self._binding is not None:
+                t0 = time.perf_counter_ns()
+                self._session.run_with_iobinding(self._binding)  # ORT synchronises the EP stream after Run
+                return time.perf_counter_ns() - t0
             t0 = time.perf_counter_ns()
-            self._session.run_with_iobinding(self._binding)  # ORT synchronises the EP stream after Run
+            self._session.run([self._output], self._feeds_staged)
             return time.perf_counter_ns() - t0
-        t0 = time.perf_counter_ns()
-        self._session.run([self._output], self._feeds_staged)
-        return time.perf_counter_ns() - t0
+        except self._errors as exc:
+            raise self._run_failed(exc) from None
 
     def infer(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         self._require_active()
-        return np.asarray(self._session.run([self._output], self._feeds(x))[0])
+        feeds = self._feeds(x)
+        try:
+            return np.asarray(self._session.run([self._output], feeds)[0])
+        except self._errors as exc:
+            raise self._run_failed(exc) from None
 
 
 __all__ = ["OrtBackend", "import_ort"]
