@@ -225,14 +225,15 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
 def profile_model(model: str | Path, device: Any = DEFAULT_DEVICE, *, store: str | Path | None = None,
                   time_cap_s: float | None = None,
                   input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> ModelProfileResult:
-    """Latency of any ONNX file on ``device`` (raw windowed timing: lower quartile of window medians),
-    recorded in ``store`` when given.  ``input_shape`` fixes dynamic dimensions: one shape, or
-    ``{input name: shape}`` for named inputs (``--input-shape NAME:1x3x224x224``).  The store is created
+    """Latency of any ONNX file (or OpenVINO IR ``.xml`` on an ``openvino`` device) on ``device`` (raw
+    windowed timing: lower quartile of window medians), recorded in ``store`` when given.  ``input_shape``
+    fixes dynamic dimensions: one shape, or ``{input name: shape}`` for named inputs
+    (``--input-shape NAME:1x3x224x224``).  The store is created
     only once the model has loaded and run, so a bad model leaves none behind."""
     from hwnas.devices import profile_onnx_file
-    from hwnas.devices.modelfile import check_onnx_file
+    from hwnas.devices.modelfile import check_model_file
 
-    check_onnx_file(model)  # a bad file is one line, before a device is touched
+    check_model_file(model)  # a bad file is one line, before a device is touched
     res = profile_onnx_file(model, device, time_cap_s=time_cap_s, input_shape=input_shape, store=store)
     m = res["measurement"]
     return ModelProfileResult(model=str(res["model"]), device=res["device"], median_ms=float(m["median_ms"]),
@@ -534,12 +535,32 @@ def export(arch: Any, out: str | Path, *, supernet: Any = "mbv3_fmnist", weights
 
 
 # ---------------------------------------------------------------------------------- the main job
+def _cpu_reference(device: Any, say: Log) -> Any:
+    """The ONNX Runtime CPU device the engines are compared on: ``device`` itself when it is one, else
+    ``ort-cpu-1t`` here (said in the log): engine selection times candidates in this process."""
+    from hwnas.devices import DeviceSpec, load_device
+
+    spec = device if isinstance(device, DeviceSpec) else load_device(device)
+    if spec.backend == "ort" and spec.options.get("provider", "CPUExecutionProvider") == "CPUExecutionProvider":
+        return device
+    say(f"      {spec.name} is not an ONNX Runtime CPU device: the engines are compared on ort-cpu-1t on this machine")
+    return "ort-cpu-1t"
+
+
+def _openvino_installed() -> bool:
+    from hwnas.formats.best import openvino_available
+
+    return openvino_available()
+
+
 def run(out: str | Path = "hwnas-out", *, device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist",
         samples: int = 150, latency: str | float | None = None, rounds: int = 2, seed: int = 0,
         time_cap_s: float = 1.0, log: Log | None = None, progress: Callable[[Any], None] | None = None) -> RunResult:
     """The three jobs end to end: profile ``device`` (rows in ``OUT/store.sqlite``, reused on a second
     run), fit its latency predictor, search for a budget that suits it, export the chosen subnet as
-    verified ONNX (FP32) and ONNX Runtime INT8 with their manifests, and write ``OUT/summary.json``."""
+    verified ONNX (FP32) and the engine chosen by measurement on ``device`` (``--format best``: ORT FP32,
+    ORT INT8 variants and, where installed, OpenVINO FP32/INT8; the fastest that passes the accuracy gate)
+    with their manifests, and write ``OUT/summary.json``."""
     from hwnas.io import atomic_write_json
 
     say = log or _quiet
@@ -560,14 +581,16 @@ def run(out: str | Path = "hwnas-out", *, device: Any = DEFAULT_DEVICE, supernet
                    predictors_dir=out / "predictors", log=say)
     timings["search_s"] = time.perf_counter() - t
 
-    say(f"[3/3] exporting {found.best_arch_id} as verified ONNX (FP32) and ONNX Runtime INT8")
+    say(f"[3/3] exporting {found.best_arch_id}: verified ONNX (FP32), then the engine chosen by measurement "
+        "(ORT FP32 / INT8" + (", OpenVINO" if _openvino_installed() else "") + ")")
     t = time.perf_counter()
     exp_dir = out / "export"
-    int8 = export(found.best_arch, exp_dir / "best.int8.onnx", supernet=supernet, format="onnx-int8",
-                  command="hwnas run", device=device, fp32_out=exp_dir / "best.onnx").manifest
+    eng = export(found.best_arch, exp_dir / "best.engine.onnx", supernet=supernet, format="best",
+                 command="hwnas run", device=_cpu_reference(device, say), fp32_out=exp_dir / "best.onnx").manifest
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     m = found.latency_predictor.get("metrics") or {}
+    sel = eng["selection"]
     summary = {
         "device": prof.device,
         "supernet": prof.supernet,
@@ -577,18 +600,21 @@ def run(out: str | Path = "hwnas-out", *, device: Any = DEFAULT_DEVICE, supernet
                  "predicted_top1": found.result.best.predicted_accuracy},
         "latency_predictor": {"n_train": found.latency_predictor.get("n_train"),
                               "n_test": found.latency_predictor.get("n_test"), **m},
-        # the INT8/FP32 ratio is timed paired, side by side; in ms it is scaled by the chosen subnet's
-        # anchored latency, so it reads on the same scale as every other latency of this job
-        "int8": {"fp32_ms": found.measured_latency_ms,
-                 "int8_ms": found.measured_latency_ms * int8["latency"]["int8_over_fp32"],
-                 "int8_over_fp32": int8["latency"]["int8_over_fp32"],
-                 "side_by_side_raw_ms": {"fp32": int8["latency"]["fp32"]["median_ms"],
-                                         "int8": int8["latency"]["int8"]["median_ms"]},
-                 "top1_fp32": int8["accuracy"]["top1_fp32"], "top1_int8": int8["accuracy"]["top1_int8"],
-                 "agreement": int8["accuracy"]["agreement_int8_vs_fp32"]},
+        # every candidate is timed paired with ORT FP32, side by side; in ms its speed-up is applied to the
+        # chosen subnet's anchored latency, so it reads on the same scale as every other latency of this job
+        "engine": {"winner": sel["winner"], "reason": sel["reason"], "int8_line": sel["int8_line"],
+                   "path": eng["path"], "cpu_vnni": sel["cpu_vnni"], "gate": sel["gate"],
+                   "profile_with": sel["profile_with"],
+                   "candidates": [{"name": c["name"], "runtime": c["runtime"], "precision": c["precision"],
+                                   "speedup_vs_ort_fp32": c.get("speedup_vs_ort_fp32"),
+                                   "latency_ms": (found.measured_latency_ms / c["speedup_vs_ort_fp32"]
+                                                  if c.get("speedup_vs_ort_fp32") else None),
+                                   "side_by_side_raw_ms": c.get("latency_ms"), "top1": c["top1"],
+                                   "agreement_with_fp32": c["agreement_with_fp32"], "gate": c["gate"],
+                                   "size_bytes": c["size_bytes"]} for c in sel["candidates"]]},
         "files": {"store": str(store), **found.files, "onnx": str(exp_dir / "best.onnx"),
                   "onnx_manifest": str(exp_dir / "best.onnx.json"),
-                  "onnx_int8": int8.get("path"), "onnx_int8_manifest": int8.get("manifest")},
+                  "engine": eng["path"], "engine_manifest": eng["manifest"]},
         "profile": {k: prof.details[k] for k in ("measured", "skipped", "subnets_per_min", "overhead")},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from hwnas.cli.common import COUNT, SECONDS, SEED, emit, number, parse_input_shapes, progress_bar
+from hwnas.cli.common import COUNT, SECONDS, SEED, emit, engine_table, number, parse_input_shapes, progress_bar
 from hwnas.cli.main import JSON_OPT, app, supernet_app
 
 
@@ -316,7 +316,7 @@ def run_cmd(
     seed: int = typer.Option(0, callback=SEED),
     json_: bool = JSON_OPT,
 ) -> None:
-    """The main job: profile this machine, fit predictors, search, export ONNX + INT8 ONNX."""
+    """The main job: profile this machine, fit predictors, search, export ONNX and the engine chosen by measurement."""
     import hwnas.jobs as jobs
 
     say = (lambda s: None) if json_ else (lambda s: typer.echo(s, err=True))
@@ -326,15 +326,18 @@ def run_cmd(
 
     def human(s):
         b = s["best"]
-        i8 = s["int8"]
+        e = s["engine"]
         typer.echo("")
         typer.echo(f"budget        {s['budget_ms']:.3f} ms on {s['device']}")
         typer.echo(f"chosen        {b['arch_id']}")
         typer.echo(f"measured      {b['measured_latency_ms']:.3f} ms median (predicted {b['predicted_latency_ms']:.3f})")
         typer.echo(f"val top-1     {100 * b['val_top1']:.2f}% (predicted {100 * b['predicted_top1']:.2f}%)")
-        typer.echo(f"INT8 ONNX     {i8['int8_ms']:.3f} ms vs FP32 {i8['fp32_ms']:.3f} ms (x{i8['int8_over_fp32']:.2f}, "
-                   f"timed paired, side by side); val top-1 {100 * i8['top1_int8']:.2f}% vs {100 * i8['top1_fp32']:.2f}%, "
-                   f"agreement {100 * i8['agreement']:.2f}%")
+        typer.echo(f"engine        {e['winner']} ({e['reason']})")
+        typer.echo("candidates    timed paired with ort-fp32, side by side; latency = the chosen subnet's anchored "
+                   "latency / speed-up")
+        engine_table(e["candidates"], scale_ms=b["measured_latency_ms"])
+        if e.get("int8_line"):
+            typer.echo(f"              {e['int8_line']}")
         typer.echo(f"latency model {s['latency_predictor']['within_10'] * 100:.0f}% of held-out subnets within +-10%, "
                    f"Kendall tau {s['latency_predictor']['kendall_tau']:.2f}")
         for k, v in s["files"].items():

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from hwnas.cli.common import COUNT, SECONDS, SEED, emit
+from hwnas.cli.common import COUNT, SECONDS, SEED, emit, engine_table
 from hwnas.errors import HwnasError
 
 app = typer.Typer(
@@ -89,13 +89,15 @@ def export_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Output file (.onnx / .engine); a manifest OUT.json goes beside it."),
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family."),
     weights: Optional[Path] = typer.Option(None, help="Supernet state dict (default: the shipped weights)."),
-    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx | onnx-int8 | tensorrt "
+    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx | onnx-int8 | best | openvino | tensorrt "
                                                      "(hwnas.formats.list_formats())."),
     batch: int = typer.Option(1, help="Static batch size.", callback=COUNT),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch dimension dynamic."),
     no_optimize: bool = typer.Option(False, "--no-optimize", help="Skip graph optimization (onnxslim)."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Measure the result on this device "
-                                         "(onnx-int8 default: ort-cpu-1t; tensorrt: the tensorrt spec)."),
+                                         "(onnx-int8 and best default: ort-cpu-1t; tensorrt: the tensorrt spec). "
+                                         "best: time ORT FP32, ORT INT8 and OpenVINO candidates there, keep the "
+                                         "fastest that passes the accuracy gate."),
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: FP16 engine."),
     int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 engine from the explicit Q/DQ model."),
     calibration: Optional[Path] = typer.Option(None, "--data", "--calibration",
@@ -135,10 +137,18 @@ def export_cmd(
         if "int8_over_fp32" in lat:
             typer.echo(f"  latency on {lat['fp32']['device']}: FP32 {lat['fp32']['median_ms']:.4f} ms, INT8 "
                        f"{lat['int8']['median_ms']:.4f} ms (INT8/FP32 {lat['int8_over_fp32']:.3f}, side by side)")
-        elif lat.get("median_ms") is not None:
+        elif lat.get("median_ms") is not None and not m.get("selection"):
             typer.echo(f"  latency of this file on {lat.get('device')}: median {lat['median_ms']:.4f} ms "
                        "(raw windowed timing, no anchor)")
-        if m.get("fp32"):
+        sel = m.get("selection")
+        if sel:
+            typer.echo(f"  candidates on {sel['device']} (timed paired with ort-fp32, side by side; latency = raw "
+                       "timing of this run's files):")
+            engine_table(sel["candidates"])
+            typer.echo(f"  chosen: {sel['winner']}: {sel['reason']}")
+            if sel.get("int8_line"):
+                typer.echo(f"  {sel['int8_line']}")
+        if m.get("fp32") and m["fp32"].get("path") != m.get("path"):
             typer.echo(f"  FP32 model {m['fp32'].get('path')}")
         typer.echo(f"  manifest {m['manifest']}")
 

@@ -120,15 +120,101 @@ def resolve_excludes(model: Any, exclude: Sequence[str],
     return out
 
 
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has 8-bit dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8);
+    ``None`` where it cannot be told (not Linux x86).  Read from ``/proc/cpuinfo``."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return None
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if not flags:
+        return None
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+
+
+def rewrite_for_int8(model: Any) -> dict[str, int]:
+    """Graph rewrites that give ORT's CPU EP integer kernels where the FP32 export has none.
+
+    ``ReduceMean`` over both spatial axes with ``keepdims=1`` (the SE squeeze as PyTorch exports
+    ``x.mean((2, 3), keepdim=True)``) becomes ``GlobalAveragePool``, the same arithmetic, which the QDQ
+    transformer turns into ``QLinearGlobalAveragePool``; a ``ReduceMean`` stays float between a
+    DequantizeLinear and a QuantizeLinear.  Returns the count of each rewrite.
+    """
+    import onnx.numpy_helper as nph
+
+    inits = {t.name: t for t in model.graph.initializer}
+    n_gap = 0
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        keep = attrs["keepdims"].i if "keepdims" in attrs else 1
+        axes = list(attrs["axes"].ints) if "axes" in attrs else None
+        if axes is None and len(node.input) > 1 and node.input[1] in inits:
+            axes = [int(v) for v in nph.to_array(inits[node.input[1]]).ravel()]
+        if keep != 1 or axes is None or sorted(axes) not in ([2, 3], [-2, -1]):
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        del node.input[1:]
+        n_gap += 1
+    return {"ReduceMean->GlobalAveragePool": n_gap}
+
+
+def ort_optimized_ops(path: str | Path, threads: int = 1) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime's CPU EP actually runs for ``path`` (all optimizations on,
+    as on ``ort-cpu-1t``), read back from ``optimized_model_filepath``."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="hwnas-optgraph-") as td:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(td) / "opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        m = onnx.load(str(Path(td) / "opt.onnx"))
+    ops: dict[str, int] = {}
+    for n in m.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return dict(sorted(ops.items()))
+
+
+def graph_summary(ops: Mapping[str, int]) -> dict:
+    """Q/DQ ops and float compute ops left in an optimized graph (layout and shape ops not counted)."""
+    qdq = {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")}
+    layout = {"Transpose", "Reshape", "Flatten", "ReorderInput", "ReorderOutput", "Squeeze", "Unsqueeze", "Identity"}
+    floats = {k: v for k, v in ops.items() if k not in qdq and k not in layout and not k.startswith("QLinear")
+              and k not in ("QGemm", "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeLinear")}
+    return {"qdq": qdq, "float_ops": floats, "int8_ops": {k: v for k, v in ops.items()
+                                                          if k.startswith("QLinear") or k == "QGemm"}}
+
+
 def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndarray, *, target: str = "ort",
                  exclude: Sequence[str] = (), method: str = "minmax", calib_batch: int = 100,
-                 node_groups: Mapping[str, str] | None = None) -> dict:
+                 node_groups: Mapping[str, str] | None = None, reduce_range: bool | None = None,
+                 rewrite: bool = True, op_types: Sequence[str] | None = None) -> dict:
     """Static QDQ quantization of the FP32 model ``src`` into ``dst`` (ONNX Runtime's quantizer).
 
     ``target="ort"``: uint8 asymmetric activations, int8 symmetric per-channel weights (U8S8, ORT's fast
     CPU path).  ``target="tensorrt"``: int8 symmetric activations and weights (TensorRT's explicit
     quantization).  Calibration runs on a copy of the model whose batch dim is relaxed, so it can take
     the images ``calib_batch`` at a time; the quantized model gets the batch dims of ``src`` back.
+
+    The recipe follows ONNX Runtime's CPU guidance: :func:`rewrite_for_int8` first (``rewrite``), then
+    ``quant_pre_process``; ``reduce_range`` (7-bit weights) where the CPU has no VNNI (``None``: decided
+    by :func:`cpu_has_vnni`; the U8S8 kernels without VNNI sum pairs of products in 16 bits, which
+    saturates with 8-bit weights and costs accuracy); ``op_types`` limits the op types quantized (``None``:
+    every op ORT can quantize).
     """
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
@@ -153,10 +239,18 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
     extra = {"ActivationSymmetric": target == "tensorrt", "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
+    vnni = cpu_has_vnni()
+    if reduce_range is None:
+        reduce_range = target == "ort" and vnni is False
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as td:
-        pre, dyn, q = Path(td) / "pre.onnx", Path(td) / "dyn.onnx", Path(td) / "q.onnx"
-        quant_pre_process(str(src), str(pre))
+        rw, pre, dyn, q = (Path(td) / f for f in ("rw.onnx", "pre.onnx", "dyn.onnx", "q.onnx"))
+        rewrites: dict[str, int] = {}
+        if rewrite:
+            rw_model = onnx.load(str(src))
+            rewrites = rewrite_for_int8(rw_model)
+            onnx.save(rw_model, str(rw))
+        quant_pre_process(str(rw if rewrite else src), str(pre))
         model = onnx.load(str(pre))
         _set_batch_dim(model, "N")
         onnx.save(model, str(dyn))
@@ -165,7 +259,8 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
         try:
             quantize_static(str(dyn), str(q), _ArrayReader.create(x, calib_batch), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=excluded or None,
+                            reduce_range=bool(reduce_range), nodes_to_exclude=excluded or None,
+                            op_types_to_quantize=list(op_types) if op_types else None,
                             calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
                                                                            "percentile": "Percentile"}[method]),
                             extra_options=extra)
@@ -187,7 +282,11 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
         "format": "QDQ",
         "target": target,
         "preprocess": "quant_pre_process (symbolic shape inference, ORT graph optimization)",
-        "weights": "int8 symmetric, per output channel",
+        "weights": ("int8 symmetric, per output channel" + (", 7-bit range (reduce_range)" if reduce_range else "")),
+        "reduce_range": bool(reduce_range),
+        "cpu_vnni": vnni,
+        "rewrites": rewrites,
+        "op_types": list(op_types) if op_types else "all ORT can quantize",
         "activations": ("uint8 asymmetric, per tensor" if target == "ort" else "int8 symmetric, per tensor"),
         "calibration_method": method,
         "calibration_images": int(len(x)),
@@ -346,6 +445,10 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
                 f"{min_agreement:.0%}) even with {', '.join(attempts[-1]) or 'nothing'} kept in FP32; nothing was "
                 "written. Try calib_method='percentile' or 'entropy', more exclusions, or a lower min_agreement")
         qinfo["attempts"] = tried
+        if target == "ort":
+            # what ORT's CPU EP runs: integer kernels, Q/DQ pairs and float ops left, before and after
+            qinfo["ort_graph"] = {"fp32": graph_summary(ort_optimized_ops(t32)),
+                                  "int8": graph_summary(ort_optimized_ops(t8))}
         if len(tried) > 1:
             qinfo["fallback_reason"] = (f"full quantization agreed with FP32 on {tried[0]['agreement_with_fp32']:.2%} "
                                         f"< {min_agreement:.0%}; kept {', '.join(attempts[len(tried) - 1])} in FP32")
