@@ -12,7 +12,7 @@ import hwnas
 def test_main_job_small_and_rerun_reuses_measurements(tmp_path):
     s = hwnas.run(tmp_path, samples=12, rounds=1, time_cap_s=0.2, log=lambda m: None)
     assert s["best"]["measured_latency_ms"] <= s["budget_ms"]
-    for key in ("onnx", "onnx_int8", "plot", "best_json", "front_csv"):
+    for key in ("onnx", "engine", "engine_manifest", "plot", "best_json", "front_csv"):
         assert Path(s["files"][key]).is_file(), key
     assert json.loads((tmp_path / "summary.json").read_text())["budget_ms"] == s["budget_ms"]
     again = hwnas.run(tmp_path, samples=12, rounds=1, time_cap_s=0.2, log=lambda m: None)
