@@ -202,7 +202,7 @@ def graph_summary(ops: Mapping[str, int]) -> dict:
 def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndarray, *, target: str = "ort",
                  exclude: Sequence[str] = (), method: str = "minmax", calib_batch: int = 100,
                  node_groups: Mapping[str, str] | None = None, reduce_range: bool | None = None,
-                 rewrite: bool = True, op_types: Sequence[str] | None = None) -> dict:
+                 rewrite: bool | None = None, op_types: Sequence[str] | None = None) -> dict:
     """Static QDQ quantization of the FP32 model ``src`` into ``dst`` (ONNX Runtime's quantizer).
 
     ``target="ort"``: uint8 asymmetric activations, int8 symmetric per-channel weights (U8S8, ORT's fast
@@ -210,7 +210,8 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
     quantization).  Calibration runs on a copy of the model whose batch dim is relaxed, so it can take
     the images ``calib_batch`` at a time; the quantized model gets the batch dims of ``src`` back.
 
-    The recipe follows ONNX Runtime's CPU guidance: :func:`rewrite_for_int8` first (``rewrite``), then
+    The recipe follows ONNX Runtime's CPU guidance: :func:`rewrite_for_int8` first (``rewrite``; ``None``:
+    for ``target="ort"`` only, as TensorRT fuses the float squeeze itself), then
     ``quant_pre_process``; ``reduce_range`` (7-bit weights) where the CPU has no VNNI (``None``: decided
     by :func:`cpu_has_vnni`; the U8S8 kernels without VNNI sum pairs of products in 16 bits, which
     saturates with 8-bit weights and costs accuracy); ``op_types`` limits the op types quantized (``None``:
@@ -240,6 +241,8 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     vnni = cpu_has_vnni()
+    if rewrite is None:
+        rewrite = target == "ort"
     if reduce_range is None:
         reduce_range = target == "ort" and vnni is False
     t0 = time.perf_counter()

@@ -169,6 +169,94 @@ def test_tensorrt_unavailable_here_with_install_hint(tiny_onnx: Path) -> None:
         with runner:
             pass
     assert "TensorRT is not installed here (pip install tensorrt; needs an NVIDIA GPU)" in str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_tensorrt_older_than_10_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from hwnas.devices.backends import tensorrt as trt_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))  # what import finds
+    with pytest.raises(DeviceUnavailableError) as ei:
+        trt_backend.import_tensorrt()
+    msg = str(ei.value)
+    assert "TensorRT 8.6.1 is installed" in msg and ">= 10" in msg and "\n" not in msg
+    assert trt_backend.tensorrt_version_problem("10.13.0.35") is None
+    assert trt_backend.tensorrt_version_problem("11.0.0.14") is None
+
+
+def test_tensorrt_timing_cache_is_keyed_by_gpu_and_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from hwnas.devices.backends.tensorrt import (TensorRTBackend, resolve_timing_cache, timing_cache_key,
+                                                 timing_cache_path)
+
+    key = timing_cache_key("NVIDIA H200", (9, 0), "10.13.0.35")
+    assert key == "nvidia-h200-sm90-trt10.13.0.35"
+    assert timing_cache_key("NVIDIA H200", (9, 0), "11.0.0.14") != key  # another TensorRT: another file
+    assert timing_cache_key("NVIDIA A100-SXM4-80GB", (8, 0), "10.13.0.35") != key  # another GPU: another file
+    odd = timing_cache_key("GeForce RTX 4090 / ../../etc", (8, 9), "10.x/../1")
+    assert re.fullmatch(r"[a-z0-9.-]+", odd) and ".." not in odd and "sm89" in odd
+    monkeypatch.setenv("HOME", str(tmp_path))
+    p = timing_cache_path(key)
+    assert p == tmp_path / ".cache" / "hwnas" / "trt" / f"timing-{key}.cache" and p.name.count("/") == 0
+    assert resolve_timing_cache("auto", key) == (p, True)
+    assert resolve_timing_cache(str(tmp_path), key) == (tmp_path / f"timing-{key}.cache", True)  # a directory
+    assert resolve_timing_cache("shared/", key) == (Path("shared") / f"timing-{key}.cache", True)
+    assert resolve_timing_cache(str(tmp_path / "my.cache"), key) == (tmp_path / "my.cache", False)  # a file, as given
+    assert resolve_timing_cache("", key) == (None, False)
+    assert TensorRTBackend.option_defaults["timing_cache"] == "auto"
+    assert load_device("tensorrt").options["timing_cache"] == "auto"
+
+
+@pytest.fixture(scope="module")
+def qdq_models(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> dict[str, Path]:
+    """The tiny conv net quantized for ONNX Runtime (uint8 activations) and for TensorRT (int8 symmetric)."""
+    from hwnas.formats.onnx_int8 import quantize_qdq
+
+    d = tmp_path_factory.mktemp("qdq")
+    x = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    out = {"ort": d / "ort.onnx", "tensorrt": d / "trt.onnx"}
+    for target, path in out.items():
+        quantize_qdq(tiny_onnx, path, x, target=target)
+    return out
+
+
+def test_tensorrt_int8_refuses_a_model_without_qdq(tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profiling at int8 never builds a non-INT8 engine: an FP32 model is refused before TensorRT is touched."""
+    from hwnas.devices.backends import tensorrt as trt_backend
+
+    with pytest.raises(ModelFileError) as ei:
+        trt_backend.model_for_precision(tiny_onnx, "int8")
+    msg = str(ei.value)
+    assert "\n" not in msg and "Q/DQ" in msg and "`hwnas export --format tensorrt --int8`" in msg
+    assert "target='tensorrt'" in msg
+
+    def no_tensorrt() -> None:
+        raise AssertionError("TensorRT was reached with a model that cannot give an INT8 engine")
+
+    monkeypatch.setattr(trt_backend.TensorRTBackend, "unavailable_reason", classmethod(lambda cls, spec: None))
+    monkeypatch.setattr(trt_backend, "import_tensorrt", no_tensorrt)
+    spec = DeviceSpec(name="trt-int8", backend="tensorrt", precision="int8")
+    with pytest.raises(ModelFileError, match="--format tensorrt --int8"):
+        with create_backend(spec, model=tiny_onnx):
+            pass
+
+
+def test_tensorrt_takes_its_precision_from_the_model(tiny_onnx: Path, qdq_models: dict[str, Path]) -> None:
+    from hwnas.devices.backends.tensorrt import model_for_precision
+
+    assert model_for_precision(qdq_models["tensorrt"], "int8") == "as-is"
+    with pytest.raises(ModelFileError, match="not quantized for TensorRT.*int8 symmetric"):
+        model_for_precision(qdq_models["ort"], "int8")  # uint8 asymmetric activations
+    assert model_for_precision(tiny_onnx, "fp32") == "as-is"
+    assert model_for_precision(tiny_onnx, "fp16") == "convert-fp16"  # made FP16 before the build
+    with pytest.raises(ModelFileError, match="strongly typed"):
+        model_for_precision(qdq_models["tensorrt"], "fp32")
+    with pytest.raises(ModelFileError, match="BF16 ONNX model"):
+        model_for_precision(tiny_onnx, "bf16")
 
 
 # ---------------------------------------------------------------------- GPU (skipped without CUDA)
@@ -213,6 +301,25 @@ def test_tensorrt_builds_and_matches_ort(tmp_path: Path, tiny_onnx: Path) -> Non
         np.testing.assert_allclose(trt.infer(x), ref.infer(x), rtol=1e-2, atol=1e-3)
         assert trt.measure(FAST).median_ms > 0
     assert (tmp_path / "timing.cache").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_low_precision_engines(tmp_path: Path, tiny_onnx: Path, qdq_models: dict[str, Path],
+                                        precision: str) -> None:
+    if importlib.util.find_spec("tensorrt") is None or not _cuda():
+        pytest.skip("needs TensorRT and a CUDA GPU")
+    model = qdq_models["tensorrt"] if precision == "int8" else tiny_onnx  # fp16: converted by the backend
+    spec = DeviceSpec(name="trt", backend="tensorrt", precision=precision, options={"timing_cache": f"{tmp_path}/"})
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with create_backend(spec, model=model) as trt, create_backend(load_device("ort-cpu-1t"), model=model) as ref:
+        np.testing.assert_allclose(trt.infer(x), ref.infer(x), rtol=5e-2, atol=5e-2)
+        assert trt.measure(FAST).median_ms > 0
+        info = trt.build_info
+    assert info["strongly_typed"] and info["precision_check"]["layer_datatypes"][precision] > 0
+    assert [p.name for p in tmp_path.iterdir()] == [Path(info["timing_cache"]["path"]).name]
+    assert Path(info["timing_cache"]["path"]).name.startswith("timing-") and "-trt1" in info["timing_cache"]["path"]
 
 
 def test_importing_is_cheap() -> None:

@@ -1,9 +1,12 @@
 """INT8 (ONNX Runtime QDQ) and TensorRT export paths, on a small random-init but BN-recalibrated subnet.
 
 Real ONNX Runtime throughout; TensorRT tests that need the library and a GPU are marked ``tensorrt``.
+Without TensorRT the TensorRT path is checked up to the engine: the FP16/Q-DQ ONNX models it is built
+from, the ``trtexec --stronglyTyped`` command, and the one-line error.
 """
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,10 @@ SUPERNET = "mbv3_fmnist"
 # with FP32 on ~86% of the validation images here against ~99% for a trained checkpoint: gate at 0.75.
 MIN_AGREEMENT = 0.75
 FAST = dict(calib_images=256, time_cap_s=0.5, min_agreement=MIN_AGREEMENT)  # a few seconds per INT8 export
+# TensorRT's explicit quantization is int8 *symmetric* for activations too, which on these random weights agrees
+# with FP32 on only ~60-70% of the images (uint8 asymmetric, the ORT target: ~83%; the same at HEAD before the
+# strongly typed rework): the TensorRT INT8 tests that are about files and messages gate at 0.5.
+TRT_INT8_FAST = dict(FAST, min_agreement=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -215,26 +222,72 @@ def test_int8_agreement_gate_refuses_to_write(tmp_path, weights, arch, small_val
     assert list(tmp_path.iterdir()) == []
 
 
-def test_trtexec_command():
-    c = trtexec_command("m.onnx", "m.engine", "fp16", workspace_mb=512, timing_cache="/tmp/tc.cache")
-    assert c.startswith("trtexec --onnx=m.onnx --saveEngine=m.engine --fp16")
-    assert "--memPoolSize=workspace:512M" in c and "--timingCacheFile=/tmp/tc.cache" in c
-    c8 = trtexec_command("m.int8.onnx", "m.engine", "int8")
-    assert "--int8" in c8 and "--onnx=m.int8.onnx" in c8 and "--stronglyTyped" not in c8
-    cs = trtexec_command("m.int8.onnx", "m.engine", "int8", strongly_typed=True)
-    assert "--stronglyTyped" in cs and "--int8" not in cs and "--fp16" not in cs
-    c32 = trtexec_command("m.onnx", "m.engine", "fp32")
-    assert "--fp16" not in c32 and "--int8" not in c32
+def test_fp16_onnx_runs_in_ort_and_agrees_with_fp32(tmp_path, weights, arch):
+    """The FP16 model an FP16 engine is built from: made from the verified FP32 one, float32 inputs and outputs,
+    a valid model that ONNX Runtime runs and that agrees with FP32 on the whole validation split."""
+    from hwnas.devices.onnx_precision import convert_to_fp16, model_precision
+    from hwnas.errors import ModelFileError
+    from hwnas.formats.common import build_fp32_onnx, onnx_logits, prepare, val_data
+
+    net, a, sub, _ = prepare(SUPERNET, weights, arch)
+    shape = net.family.input_shape(a)
+    x, _, source = val_data(net, shape[-1])
+    fp32, fp16 = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
+    build_fp32_onnx(sub, fp32, shape, 1, False, True)
+    info = convert_to_fp16(fp32, fp16)
+    m16 = onnx.load(str(fp16))
+    onnx.checker.check_model(m16, full_check=True)
+    assert model_precision(fp32) == "fp32" and model_precision(fp16) == "fp16"
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [i.name for i in m16.graph.input] == ["input"] and [o.name for o in m16.graph.output] == ["logits"]
+    assert m16.graph.input[0].type.tensor_type.elem_type == FLOAT == m16.graph.output[0].type.tensor_type.elem_type
+    assert m16.graph.initializer and all(t.data_type == FLOAT16 for t in m16.graph.initializer)
+    first, last = m16.graph.node[0], m16.graph.node[-1]
+    assert (first.op_type, list(first.input)) == ("Cast", ["input"]) and first.attribute[0].i == FLOAT16
+    assert (last.op_type, list(last.output)) == ("Cast", ["logits"]) and last.attribute[0].i == FLOAT
+    assert info["initializers_converted"] == len(m16.graph.initializer) and info["clipped_to_fp16_range"] == 0
+    l32, l16 = onnx_logits(fp32, x), onnx_logits(fp16, x)
+    assert source.startswith("fashion-mnist val (5000") and l16.dtype == np.float32 and l16.shape == l32.shape
+    err = float(np.abs(l32 - l16).max())
+    assert 0 < err < 0.01 * float(np.abs(l32).max())  # FP16 weights: small, but not zero
+    assert (l32.argmax(1) == l16.argmax(1)).mean() >= 0.99  # (FP16 vs PyTorch: the export test below)
+    with pytest.raises(ModelFileError, match="already a fp16 model"):
+        convert_to_fp16(fp16, tmp_path / "again.onnx")
+
+
+def test_trtexec_command_is_strongly_typed_with_the_precision_onnx():
+    for precision, onnx_name in [("fp32", "m.onnx"), ("fp16", "m.fp16.onnx"), ("int8", "m.int8.onnx")]:
+        src = trt_fmt.trt_build_onnx("m.engine", precision)
+        assert src == Path(onnx_name)
+        args = shlex.split(trtexec_command(src, "m.engine", precision, workspace_mb=512, timing_cache="/tmp/tc.cache",
+                                           builder_optimization_level=3))
+        assert args[:4] == ["trtexec", f"--onnx={onnx_name}", "--saveEngine=m.engine", "--stronglyTyped"]
+        assert not {"--fp16", "--int8", "--bf16", "--best"} & set(args)  # the ONNX model carries the precision
+        assert {"--memPoolSize=workspace:512M", "--timingCacheFile=/tmp/tc.cache",
+                "--builderOptimizationLevel=3"} <= set(args)
+    assert "--timingCacheFile" not in trtexec_command("m.onnx", "m.engine", "fp32")
+    with pytest.raises(ExportError, match="strongly typed"):
+        trtexec_command("m.onnx", "m.engine", "fp16", strongly_typed=False)
+    with pytest.raises(ExportError, match="fp32, fp16, int8"):
+        trt_fmt.trt_build_onnx("m.engine", "bf16")
     cd = trtexec_command("m.onnx", "m.engine", "fp32", input_shape=(4, 1, 28, 28), dynamic_batch=True, max_batch=16)
     assert "--minShapes=input:1x1x28x28" in cd and "--optShapes=input:4x1x28x28" in cd
     assert "--maxShapes=input:16x1x28x28" in cd
+
+
+@pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT and a GPU are present here")
+def test_build_engine_without_tensorrt_fails_first_in_one_line(tmp_path):
+    with pytest.raises(DeviceUnavailableError) as ei:
+        trt_fmt.build_engine(tmp_path / "missing.fp16.onnx", tmp_path / "m.engine", "fp16", timing_cache="auto")
+    assert "\n" not in str(ei.value) and str(ei.value) == tensorrt_unavailable_reason()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_engine_requests_fail_before_writing(tmp_path, arch):
     with pytest.raises(ExportError, match=r"\.engine"):
         export_subnet(arch, tmp_path / "m.onnx", SUPERNET, fmt="tensorrt")
     with pytest.raises(ExportError, match="strongly typed"):
-        export_subnet(arch, tmp_path / "m.engine", SUPERNET, fmt="tensorrt", precision="fp16", strongly_typed=True)
+        export_subnet(arch, tmp_path / "m.engine", SUPERNET, fmt="tensorrt", precision="fp16", strongly_typed=False)
     with pytest.raises(ExportError, match="tensorrt"):
         export_subnet(arch, tmp_path / "m.onnx", SUPERNET, fmt="onnx", precision="fp16")
     with pytest.raises(ExportError, match="do not apply"):
@@ -246,10 +299,11 @@ def test_bad_engine_requests_fail_before_writing(tmp_path, arch):
 def test_tensorrt_missing_writes_onnx_and_no_engine(tmp_path, weights, arch, small_val):
     with pytest.raises(DeviceUnavailableError) as ei:
         export_subnet(arch, tmp_path / "m.engine", SUPERNET, weights, fmt="tensorrt", precision="int8",
-                      command="pytest trt", **FAST)
+                      command="pytest trt", **TRT_INT8_FAST)
     msg = str(ei.value)
     assert "\n" not in msg and "not built" in msg
-    assert "trtexec --onnx=" in msg and f"--saveEngine={tmp_path / 'm.engine'}" in msg and "--int8" in msg
+    assert f"trtexec --onnx={tmp_path / 'm.int8.onnx'}" in msg and f"--saveEngine={tmp_path / 'm.engine'}" in msg
+    assert "--stronglyTyped" in msg and "--int8" not in msg and "--fp16" not in msg
     assert "--memPoolSize=workspace:" in msg and "--timingCacheFile=" in msg
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["m.int8.onnx", "m.int8.onnx.json", "m.onnx", "m.onnx.json"]  # no engine, no engine manifest
@@ -260,11 +314,31 @@ def test_tensorrt_missing_writes_onnx_and_no_engine(tmp_path, weights, arch, sma
 
 
 @pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT and a GPU are present here")
-def test_tensorrt_missing_fp16_writes_onnx(tmp_path, weights, arch, small_val):
-    with pytest.raises(DeviceUnavailableError, match="--fp16"):
+def test_tensorrt_missing_fp16_writes_the_fp16_onnx(tmp_path, weights, arch, small_val):
+    """FP16: the FP32 and the FP16 ONNX models, both gated in ONNX Runtime, then the one-line error."""
+    from hwnas.devices.onnx_precision import model_precision
+
+    with pytest.raises(DeviceUnavailableError) as ei:
         export_subnet(arch, tmp_path / "m.engine", SUPERNET, weights, fmt="tensorrt", precision="fp16",
                       dynamic_batch=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
+    msg = str(ei.value)
+    assert "\n" not in msg and f"--onnx={tmp_path / 'm.fp16.onnx'}" in msg
+    assert "--stronglyTyped" in msg and "--fp16" not in msg and "--minShapes=input:1x1x20x20" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fp16.onnx", "m.fp16.onnx.json", "m.onnx", "m.onnx.json"]
+    _no_partials(tmp_path)
+    assert model_precision(tmp_path / "m.fp16.onnx") == "fp16" and model_precision(tmp_path / "m.onnx") == "fp32"
+    man = json.loads((tmp_path / "m.fp16.onnx.json").read_text())
+    assert man["format"] == "onnx" and man["precision"] == "fp16" and man["fp32_model"].endswith("m.onnx")
+    acc = man["accuracy"]
+    assert acc["min_agreement"] == 0.99 and acc["agreement_fp16_vs_pytorch"] >= 0.99
+    assert 0 < acc["max_abs_err_fp16_vs_pytorch"] == man["output_check"]["max_abs_err"] < 0.1
+    assert man["output_check"]["n_inputs"] == 1000 and man["conversion"]["io_types"].startswith("float32")
+    assert man["tensorrt"]["trtexec"] in msg and man["tensorrt"]["built_from"].endswith("m.fp16.onnx")
+    fp32 = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert fp32["precision"] == "fp32" and fp32["fp16_model"].endswith("m.fp16.onnx")
+    assert fp32["output_check"]["passed"] and fp32["output_check"]["max_abs_err"] < 1e-4
+    out = load_session(tmp_path / "m.fp16.onnx").run(None, {"input": np.zeros((3, 1, 20, 20), np.float32)})[0]
+    assert out.shape == (3, 10) and out.dtype == np.float32  # dynamic batch, float32 output
 
 
 def test_engine_build_failure_leaves_no_engine(tmp_path, weights, arch, monkeypatch, small_val):
@@ -277,7 +351,7 @@ def test_engine_build_failure_leaves_no_engine(tmp_path, weights, arch, monkeypa
     monkeypatch.setattr(trt_fmt, "build_engine", half_build)
     with pytest.raises(ExportError, match="failed to build"):
         export_subnet(arch, tmp_path / "m.engine", SUPERNET, weights, fmt="tensorrt", precision="fp16")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fp16.onnx", "m.fp16.onnx.json", "m.onnx", "m.onnx.json"]
 
 
 def test_compare_fp32_int8(weights, arch):
@@ -292,13 +366,20 @@ def test_compare_fp32_int8(weights, arch):
 @pytest.mark.skipif(tensorrt_unavailable_reason() is not None, reason=f"{tensorrt_unavailable_reason()}")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_engine_builds_checks_and_times(tmp_path, weights, arch, precision):
+    fast = TRT_INT8_FAST if precision == "int8" else FAST
     m = export_subnet(arch, tmp_path / "m.engine", SUPERNET, weights, fmt="tensorrt", precision=precision,
-                      timing_cache=str(tmp_path / "tc.cache"), **FAST)
+                      timing_cache=str(tmp_path / "tc.cache"), **fast)
     assert (tmp_path / "m.engine").stat().st_size > 0 and (tmp_path / "m.engine.json").is_file()
     assert (tmp_path / "tc.cache").is_file()
-    assert m["latency"]["median_ms"] > 0 and m["output_check"]["top1_agreement"] > MIN_AGREEMENT
+    assert m["latency"]["median_ms"] > 0 and m["output_check"]["top1_agreement"] >= fast["min_agreement"]
+    t = m["tensorrt"]
+    assert t["strongly_typed"] and "--stronglyTyped" in t["trtexec_equivalent"]
+    assert t["built_from"].endswith({"fp32": "m.onnx", "fp16": "m.fp16.onnx", "int8": "m.int8.onnx"}[precision])
     if precision == "fp32":
         assert m["output_check"]["max_abs_err"] < 1e-3
+    else:  # the engine inspector saw layers of the precision
+        assert t["precision_check"]["layer_datatypes"][precision] > 0
+        assert m["engine_check"]["min_agreement"] == (0.99 if precision == "fp16" else 0.5)
 
 
 def test_engine_path_end_to_end_with_a_stand_in_for_tensorrt(tmp_path, weights, arch, monkeypatch, small_val):
@@ -306,9 +387,12 @@ def test_engine_path_end_to_end_with_a_stand_in_for_tensorrt(tmp_path, weights, 
     so the engine path's own code runs on machines without a GPU."""
     from hwnas.devices import create_backend, load_device
 
+    built = {}
+
     def fake_build(onnx_path, engine_path, precision, **k):
+        built.update(onnx=Path(onnx_path), precision=precision)
         Path(engine_path).write_bytes(b"serialized engine")
-        return {"tensorrt": "stand-in", "build_seconds": 0.0, "strongly_typed": k["strongly_typed"],
+        return {"tensorrt": "stand-in", "build_seconds": 0.0, "strongly_typed": True,
                 "workspace_mb": k["workspace_mb"], "timing_cache": k["timing_cache"], "engine_bytes": 17}
 
     def fake_backend(spec, engine_path, onnx_path, input_shape):
@@ -320,11 +404,18 @@ def test_engine_path_end_to_end_with_a_stand_in_for_tensorrt(tmp_path, weights, 
     monkeypatch.setattr(trt_fmt, "_engine_backend", fake_backend)
     m = export_subnet(arch, tmp_path / "m.engine", SUPERNET, weights, fmt="tensorrt", precision="fp16",
                       time_cap_s=0.2, workspace_mb=256, timing_cache=str(tmp_path / "tc"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx", "m.onnx.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.fp16.onnx",
+                                                          "m.fp16.onnx.json", "m.onnx", "m.onnx.json"]
+    assert built == {"onnx": tmp_path / "m.fp16.onnx", "precision": "fp16"}  # the FP16 model, no precision flag
     man = json.loads((tmp_path / "m.engine.json").read_text())
-    assert man["format"] == "tensorrt" and man["precision"] == "fp16" and man["onnx_model"].endswith("m.onnx")
-    assert man["output_check"]["top1_agreement"] == 1.0 and man["output_check"]["tolerance"] is None
+    assert man["format"] == "tensorrt" and man["precision"] == "fp16" and man["onnx_model"].endswith("m.fp16.onnx")
+    assert man["output_check"]["top1_agreement"] >= 0.99 and man["output_check"]["tolerance"] is None
+    gate = man["engine_check"]
+    assert gate["min_agreement"] == 0.99 and gate["max_abs_err"] == man["output_check"]["max_abs_err"] > 0
+    assert man["accuracy"]["agreement_vs_pytorch"] == gate["top1_agreement"] >= 0.99
     assert man["latency"]["device"] == "tensorrt" and man["latency"]["precision"] == "fp16"
     t = man["tensorrt"]
-    assert t["workspace_mb"] == 256 and "--fp16" in t["trtexec_equivalent"] and "workspace:256M" in t["trtexec_equivalent"]
-    assert m["path"].endswith("m.engine") and m["onnx"]["path"].endswith("m.onnx")
+    assert t["workspace_mb"] == 256 and "workspace:256M" in t["trtexec_equivalent"]
+    assert "--stronglyTyped" in t["trtexec_equivalent"] and "--fp16" not in t["trtexec_equivalent"]
+    assert m["path"].endswith("m.engine") and m["onnx"]["path"].endswith("m.fp16.onnx")
+    assert m["onnx"]["fp32"]["path"].endswith("m.onnx")
