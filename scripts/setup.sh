@@ -18,7 +18,8 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "setup: installing $spec" >&2
   pip install -q "$spec"
 fi
-pip install -q -e ".[test]"
+# the openvino extra (openvino + nncf, ~190 MB): --format best and hwnas run then also time OpenVINO engines
+pip install -q -e ".[test,openvino]"
 if [ "${1:-}" = "--test" ]; then
   # OFA's own code, to check that its checkpoints load and compute the same (no extra deps pulled)
   pip install -q --no-deps "ofa==0.1.0.post202307202001"

@@ -86,7 +86,7 @@ def sample_cmd(
 @app.command("export")
 def export_cmd(
     arch: str = typer.Option(..., "--arch", help="Arch JSON file (or inline JSON)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output file (.onnx / .engine); a manifest OUT.json goes beside it."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output file (.onnx / .engine / .xml); a manifest OUT.json goes beside it."),
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family."),
     weights: Optional[Path] = typer.Option(None, help="Supernet state dict (default: the shipped weights)."),
     fmt: str = typer.Option("onnx", "--format", help="Export format: onnx | onnx-int8 | best | openvino | tensorrt "
@@ -99,7 +99,8 @@ def export_cmd(
                                          "best: time ORT FP32, ORT INT8 and OpenVINO candidates there, keep the "
                                          "fastest that passes the accuracy gate."),
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: FP16 engine."),
-    int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 engine from the explicit Q/DQ model."),
+    int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 engine from the explicit Q/DQ model; "
+                                                    "OpenVINO: NNCF INT8 IR."),
     calibration: Optional[Path] = typer.Option(None, "--data", "--calibration",
                                                help="Your images for BN recalibration, INT8 calibration and the "
                                                     "accuracy checks: an image folder (one folder per class), "
@@ -115,8 +116,9 @@ def export_cmd(
 
     if fp16 and int8:
         raise ExportError("choose one of --fp16 and --int8")
-    if (fp16 or int8) and fmt != "tensorrt":
-        raise ExportError("--fp16/--int8 select the TensorRT precision; use --format onnx-int8 for ONNX Runtime INT8")
+    if (fp16 and fmt != "tensorrt") or (int8 and fmt not in ("tensorrt", "openvino")):
+        raise ExportError("--fp16 selects the TensorRT precision and --int8 the TensorRT or OpenVINO one; use "
+                          "--format onnx-int8 for ONNX Runtime INT8, or --format best to let measurement choose")
     opts = {"precision": "fp16" if fp16 else "int8"} if (fp16 or int8) else {}
     res = jobs.export(arch, out, supernet=supernet, weights=weights, format=fmt, batch=batch,
                       dynamic_batch=dynamic_batch, optimize=not no_optimize, command=_command_line(),

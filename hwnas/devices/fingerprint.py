@@ -39,12 +39,14 @@ BACKEND_LIBS = {
     "torch-cpu": ("torch",),
     "torch-cuda": ("torch",),
     "tensorrt": ("tensorrt",),
+    "openvino": ("openvino",),
 }
 _DISTS = {
     "numpy": ("numpy",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
     "torch": ("torch",),
     "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu11"),
+    "openvino": ("openvino",),
 }
 
 

@@ -1,4 +1,5 @@
-"""Validation of ONNX model files and uploads: one clear ``ModelFileError`` line for a bad model."""
+"""Validation of ONNX model files (and OpenVINO IR files) and uploads: one clear ``ModelFileError`` line for
+a bad model."""
 
 from __future__ import annotations
 
@@ -55,4 +56,27 @@ def check_onnx_file(path: str | Path) -> Path:
     return p
 
 
-__all__ = ["check_onnx_bytes", "check_onnx_file"]
+def is_openvino_ir(path: str | Path) -> bool:
+    """An OpenVINO IR: the ``.xml`` graph of an ``.xml`` + ``.bin`` pair."""
+    return Path(path).suffix.lower() == ".xml"
+
+
+def check_model_file(path: str | Path) -> Path:
+    """``check_onnx_file``, or for an OpenVINO IR (``.xml``) that it and its ``.bin`` weights are there and not
+    empty (OpenVINO parses the IR when a backend loads it); returns the path."""
+    p = Path(path).expanduser()
+    if not is_openvino_ir(p):
+        return check_onnx_file(p)
+    if not p.exists():
+        raise ModelFileError(f"model file {p} does not exist")
+    if not p.is_file():
+        raise ModelFileError(f"model path {p} is not a file")
+    if p.stat().st_size == 0:
+        raise ModelFileError(f"model file {p} is empty, not an OpenVINO IR")
+    weights = p.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelFileError(f"OpenVINO IR {p} has no weights file {weights.name} beside it")
+    return p
+
+
+__all__ = ["check_model_file", "check_onnx_bytes", "check_onnx_file", "is_openvino_ir"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from hwnas.devices.backends import create_backend, fingerprint_for, get_backend_class, runtime_config
 from hwnas.devices.backends.base import LocalBackend
-from hwnas.devices.modelfile import check_onnx_file
+from hwnas.devices.modelfile import check_model_file, is_openvino_ir
 from hwnas.devices.protocol import Measurement, ProtocolSettings
 from hwnas.devices.spec import DeviceSpec, load_device
 from hwnas.devices.store import Store
@@ -310,7 +310,8 @@ def profile_onnx_file(
     input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     store: Store | str | Path | None = None,
 ) -> dict[str, Any]:
-    """Measure any ONNX file on ``device``; the file is validated first (``ModelFileError``, one line).
+    """Measure any ONNX file (or OpenVINO IR ``.xml`` on an ``openvino`` device) on ``device``; the file is
+    validated first (``ModelFileError``, one line).
 
     ``input_shape`` fixes dynamic dimensions: one shape (the first input's) or ``{input name: shape}``
     (trtexec's ``--shapes``); the leading (batch) dim is the spec's batch.  With ``store`` (a ``Store`` or
@@ -318,8 +319,11 @@ def profile_onnx_file(
     after the model has loaded and run, so a model that fails leaves no new store behind.  Returns
     ``{"model", "device", "runtime_config", "measurement", "fingerprint", "settings"}``.
     """
-    p = check_onnx_file(path)
+    p = check_model_file(path)
     spec = as_spec(device)
+    if is_openvino_ir(p) and spec.backend != "openvino":
+        raise ModelFileError(f"{p} is an OpenVINO IR; measure it on a device with backend 'openvino' (e.g. --device "
+                             f"ov-cpu-1t), not {spec.name!r} (backend {spec.backend!r}), or measure its ONNX model")
     require_available(spec)
     s = settings or ProtocolSettings.from_mapping(spec.protocol)
     s = s.replace(time_cap_s=time_cap_s)

@@ -1,5 +1,5 @@
-"""Export formats by name: one module per format (``onnx``, ``onnx_int8``, ``tensorrt``), shared helpers
-in ``common``, the torch -> ONNX step in ``onnx_export``.
+"""Export formats by name: one module per format (``onnx``, ``onnx_int8``, ``openvino``, ``tensorrt``,
+``best``), shared helpers in ``common``, the torch -> ONNX step in ``onnx_export``.
 
 A format module registers its exporter::
 

@@ -13,7 +13,8 @@ from hwnas.devices.backends import runtime_config
 from hwnas.devices.spec import SHIPPED_DEVICES_DIR, DeviceSpec, DeviceSpecError
 from hwnas.errors import HwnasError, UnknownBackendError, UnknownDeviceError
 
-SHIPPED = ["edge-rpi", "ort-cpu", "ort-cpu-1t", "ort-cuda", "ort-trt", "tensorrt", "torch-cpu", "torch-cuda"]
+SHIPPED = ["edge-rpi", "ort-cpu", "ort-cpu-1t", "ort-cuda", "ort-trt", "ov-cpu-1t", "tensorrt", "torch-cpu",
+           "torch-cuda"]
 
 
 def _ort_providers() -> list[str]:
@@ -33,7 +34,7 @@ def test_shipped_specs_load(name: str) -> None:
     spec = load_device(name)
     assert spec.name == name
     assert spec.batch >= 1
-    assert runtime_config(spec).startswith(("ort:", "torch-", "tensorrt:"))
+    assert runtime_config(spec).startswith(("ort:", "torch-", "tensorrt:", "openvino:"))
     d = spec.to_dict()
     assert DeviceSpec.from_dict(d) == spec
 

@@ -1,6 +1,6 @@
-"""Backend registry: ``ort``, ``torch-cpu``, ``torch-cuda``, ``tensorrt`` and ``remote``.
+"""Backend registry: ``ort``, ``torch-cpu``, ``torch-cuda``, ``tensorrt``, ``openvino`` and ``remote``.
 
-Heavy libraries (onnxruntime, torch, tensorrt) are imported only when a backend is used or checked.
+Heavy libraries (onnxruntime, torch, tensorrt, openvino) are imported only when a backend is used or checked.
 """
 
 from hwnas.devices.backends.base import (

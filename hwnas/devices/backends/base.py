@@ -25,6 +25,7 @@ _BUILTIN_MODULES = (
     "hwnas.devices.backends.ort",
     "hwnas.devices.backends.torch_backend",
     "hwnas.devices.backends.tensorrt",
+    "hwnas.devices.backends.openvino",
     "hwnas.devices.remote",
 )
 B = TypeVar("B", bound=type["Backend"])
@@ -67,9 +68,10 @@ def create_backend(
 ) -> Backend:
     """A runner for ``spec``; nothing is loaded until it is entered (``with create_backend(...) as b``).
 
-    ``model`` is an ONNX path for ``ort``/``tensorrt``/``remote`` and an ``nn.Module`` for the torch
-    backends; ``input_shape`` is the full input shape, whose leading (batch) dim is replaced by the
-    spec's ``batch``.  It is required for torch modules and for ONNX inputs with dynamic non-batch dims.
+    ``model`` is an ONNX path for ``ort``/``tensorrt``/``openvino``/``remote`` (``openvino`` also takes
+    an OpenVINO IR ``.xml``) and an ``nn.Module`` for the torch backends; ``input_shape`` is the full
+    input shape, whose leading (batch) dim is replaced by the spec's ``batch``.  It is required for torch
+    modules and for ONNX inputs with dynamic non-batch dims.
     """
     return get_backend_class(spec.backend)(spec, model=model, input_shape=input_shape)
 
