@@ -118,6 +118,7 @@ def graph_report(arch: dict, supernet: str, td: Path) -> None:
     cal = load_calibration(net, shape[-1], None)[:500]
     print(f"\n== the graph ORT runs for {supernet} {net.family.space.arch_id(a)} (ort-cpu-1t, all optimizations)")
     print(f"   FP32: {graph_summary(ort_optimized_ops(p32))}")
+    print("      time by op type: " + ", ".join(f"{op} {ms:.3f} ms ({100 * sh:.0f}%)" for op, ms, sh in op_time_shares(p32)[:5]))
     for label, kw in (("INT8 before the recipe (no rewrite, 8-bit weights)", dict(rewrite=False, reduce_range=False)),
                       ("INT8 with the recipe", dict())):
         dst = td / ("g8_" + ("old" if "before" in label else "new") + ".onnx")
@@ -135,11 +136,15 @@ def main() -> None:
     ap.add_argument("--time-cap", type=float, default=3.0, help="timed seconds per candidate over all rounds")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-ofa", action="store_true")
+    ap.add_argument("--graph-only", action="store_true", help="only the graph report of --arch")
     args = ap.parse_args()
     print(f"CPU: {cpu_line()}; VNNI/AMX 8-bit dot products: {cpu_has_vnni()}")
     fam = get_family("mbv3_fmnist")
     with tempfile.TemporaryDirectory(prefix="hwnas-bench-engines-") as td:
         td = Path(td)
+        if args.graph_only:
+            graph_report(parse_mbv3_id(args.arch, fam.space), "mbv3_fmnist", td)
+            return
         run_best("largest", fam.space.max_arch(), "mbv3_fmnist", args, td)
         chosen = parse_mbv3_id(args.arch, fam.space)
         run_best("chosen", chosen, "mbv3_fmnist", args, td)
