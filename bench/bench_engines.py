@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,7 +29,8 @@ import numpy as np
 from hwnas.formats import export_subnet
 from hwnas.formats.common import load_calibration, prepare
 from hwnas.formats.onnx_export import export_onnx
-from hwnas.formats.onnx_int8 import cpu_has_vnni, graph_summary, ort_optimized_ops, quantize_qdq
+from hwnas.formats.onnx_int8 import (cpu_has_vnni, graph_summary, measure_side_by_side, ort_optimized_ops,
+                                     quantize_qdq)
 from hwnas.supernet.registry import get_family
 
 
@@ -119,15 +121,30 @@ def graph_report(arch: dict, supernet: str, td: Path) -> None:
     print(f"\n== the graph ORT runs for {supernet} {net.family.space.arch_id(a)} (ort-cpu-1t, all optimizations)")
     print(f"   FP32: {graph_summary(ort_optimized_ops(p32))}")
     print("      time by op type: " + ", ".join(f"{op} {ms:.3f} ms ({100 * sh:.0f}%)" for op, ms, sh in op_time_shares(p32)[:5]))
+    files = {}
     for label, kw in (("INT8 before the recipe (no rewrite, 8-bit weights)", dict(rewrite=False, reduce_range=False)),
                       ("INT8 with the recipe", dict())):
         dst = td / ("g8_" + ("old" if "before" in label else "new") + ".onnx")
+        files[label] = dst
         info = quantize_qdq(p32, dst, cal, target="ort", node_groups=net.family.node_groups, **kw)
         g = graph_summary(ort_optimized_ops(dst))
         print(f"   {label}: rewrites {info['rewrites']}, reduce_range {info['reduce_range']}")
         print(f"      Q/DQ left {g['qdq']}; float ops left {g['float_ops']}; integer ops {g['int8_ops']}")
         shares = op_time_shares(dst)
         print("      time by op type: " + ", ".join(f"{op} {ms:.3f} ms ({100 * sh:.0f}%)" for op, ms, sh in shares[:7]))
+    # before and after, timed paired with FP32 in one run, and scored on the validation split
+    from hwnas.devices import load_device
+    from hwnas.formats.common import onnx_logits, val_data
+
+    dev32, dev8 = load_device("ort-cpu-1t"), dataclasses.replace(load_device("ort-cpu-1t"), precision="int8")
+    lat = measure_side_by_side({"fp32": (p32, dev32), **{k: (v, dev8) for k, v in files.items()}}, rounds=3)
+    x, labels, _ = val_data(net, shape[-1], None)
+    l32 = onnx_logits(p32, x)
+    for k, v in files.items():
+        l8 = onnx_logits(v, x)
+        print(f"   {k}: {1 / lat[k]['over_first']:.3f}x FP32 (per round "
+              f"{' '.join(f'{1 / r:.3f}' for r in lat[k]['rounds_ratio'])}), top-1 {100 * (l8.argmax(1) == labels).mean():.2f}% "
+              f"vs {100 * (l32.argmax(1) == labels).mean():.2f}%, agreement {100 * (l8.argmax(1) == l32.argmax(1)).mean():.2f}%")
 
 
 def main() -> None:

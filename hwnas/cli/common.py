@@ -193,11 +193,11 @@ def engine_table(rows, scale_ms: float | None = None, echo: Callable[[str], Any]
         import typer
 
         echo = typer.echo
-    echo(f"  {'candidate':<15}{'speed-up':>9}{'latency ms':>12}{'top-1':>8}{'agree':>8}{'size MB':>9}  gate")
+    echo(f"  {'candidate':<18}{'speed-up':>9}{'latency ms':>12}{'top-1':>8}{'agree':>8}{'size MB':>9}  gate")
     for c in rows:
         sp = c.get("speedup_vs_ort_fp32")
         ms = (scale_ms / sp if scale_ms and sp else c.get("latency_ms") if scale_ms is None else None)
         top = c.get("top1")
-        echo(f"  {c['name']:<15}{(f'{sp:.2f}x' if sp else '-'):>9}{(f'{ms:.4f}' if ms else '-'):>12}"
+        echo(f"  {c['name']:<18}{(f'{sp:.2f}x' if sp else '-'):>9}{(f'{ms:.4f}' if ms else '-'):>12}"
              f"{(f'{100 * top:.2f}' if top is not None else '-'):>8}{100 * c['agreement_with_fp32']:>7.2f}%"
              f"{c['size_bytes'] / 1e6:>9.2f}  {c['gate']}")
