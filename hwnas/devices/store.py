@@ -195,7 +195,7 @@ class Store:
             else:
                 self._con = sqlite3.connect(str(p), timeout=30.0, isolation_level=None)
             self._con.row_factory = sqlite3.Row
-            self._init_schema()
+            self._init_schema_retrying()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"{p} is not a usable measurement store ({exc}); pass another --store path") from None
@@ -204,12 +204,28 @@ class Store:
             raise
 
     # ------------------------------------------------------------------ setup
+    def _init_schema_retrying(self, wait_s: float = 30.0) -> None:
+        """``_init_schema``, retried while another process holds the file: switching a new file to WAL and
+        creating its tables can return SQLITE_BUSY at once, without SQLite's busy handler waiting."""
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._init_schema()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _init_schema(self) -> None:
         con = self._conn
         if self.readonly:
             con.execute("PRAGMA query_only=ON")  # writes fail, whichever way the file was opened
         else:
-            con.execute("PRAGMA journal_mode=WAL")
+            if str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")  # persistent in the file: set once, by its first writer
             con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "meta" not in tables:
