@@ -204,20 +204,20 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
             info = quantize_qdq(p32, dst, cal, target="ort", reduce_range=rr, node_groups=net.family.node_groups)
             cands[name] = Candidate(name, "onnxruntime", "int8", "onnx-int8", dst, spec8, info=info)
         if any(c.startswith("openvino") for c in names):
+            from hwnas.formats.openvino import NNCF_ATTEMPTS, onnx_to_ir
+
             if "openvino-fp32" in names:
                 say("openvino-fp32: converting to OpenVINO IR")
                 dst = td / "openvino-fp32.xml"
-                info = _openvino_ir(p32, dst)
+                info = onnx_to_ir(p32, dst)
                 cands["openvino-fp32"] = Candidate("openvino-fp32", "openvino", "fp32", "openvino", dst,
                                                    specs_ov["fp32"], info=info)
-            from hwnas.formats.openvino import NNCF_ATTEMPTS
-
             for name, settings in (("openvino-int8", NNCF_ATTEMPTS[0]), ("openvino-int8-alt", NNCF_ATTEMPTS[1])):
                 if name not in names:
                     continue
                 say(f"{name}: NNCF post-training quantization ({settings})")
                 dst = td / f"{name}.xml"
-                info = _openvino_ir(p32, dst, cal, batch, settings)
+                info = onnx_to_ir(p32, dst, cal, batch, settings)
                 cands[name] = Candidate(name, "openvino", "int8", "openvino", dst, specs_ov["int8"], info=info)
         ref_top1 = cands["ort-fp32"].row["top1"]
         for c in cands.values():
@@ -337,22 +337,6 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
     man["fp32"] = ({"path": str(fp32_out), "manifest": str(manifest_path(fp32_out))} if fp32_out is not None
                    else {"path": str(final), "manifest": str(manifest_path(final))} if win.name == "ort-fp32" else None)
     return man
-
-
-def _openvino_ir(onnx_path: Path, dst: Path, calib: Any = None, batch: int = 1,
-                 nncf_settings: Mapping[str, Any] | None = None) -> dict:
-    """OpenVINO IR of the verified FP32 ONNX (FP32 weights), NNCF-quantized on ``calib`` when given."""
-    import openvino as ov
-
-    from hwnas.formats.openvino import quantize_nncf
-
-    model = ov.Core().read_model(str(onnx_path))  # the ONNX frontend; convert_model would send telemetry
-    info: dict = {"converter": f"openvino Core.read_model (ONNX frontend) {ov.__version__}", "compress_to_fp16": False}
-    if calib is not None:
-        model, qinfo = quantize_nncf(model, calib, batch, **(nncf_settings or {}))
-        info.update(qinfo)
-    ov.save_model(model, str(dst), compress_to_fp16=False)
-    return info
 
 
 def _runtime_version(runtime: str) -> str | None:

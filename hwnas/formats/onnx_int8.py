@@ -372,6 +372,19 @@ def measure_side_by_side(models: Mapping[str, tuple[Path, Any]], time_cap_s: flo
     return out
 
 
+def int8_vs_fp32_latency(fp32: tuple[Path, Any], int8: tuple[Path, Any], time_cap_s: float | None,
+                         what: str = "both models") -> dict:
+    """The manifest's latency block of an INT8 model timed side by side with its FP32 model
+    (:func:`measure_side_by_side`, the INT8 one paired with the FP32 one where both run here)."""
+    lat = measure_side_by_side({"fp32": fp32, "int8": int8}, time_cap_s=time_cap_s)
+    return {"device": int8[1].name, "fp32": lat["fp32"], "int8": lat["int8"],
+            "int8_over_fp32": lat["int8"]["median_ms"] / lat["fp32"]["median_ms"],
+            "speedup": lat["fp32"]["median_ms"] / lat["int8"]["median_ms"],
+            "method": (f"{what} loaded, measured in interleaved rounds; INT8 timed paired with FP32 (median "
+                       "per-inference ratio)" if "over_first" in lat["int8"] else
+                       f"{what} loaded, measured in interleaved rounds (median of round medians)")}
+
+
 # ---------------------------------------------------------------------------------------------- onnx-int8
 @register_format("onnx-int8", precisions=("int8",))
 def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, weights: str | None = None, *,
@@ -459,13 +472,7 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
         latency = None
         if measure:
             say(f"timing FP32 and INT8 side by side on {spec32.name}")
-            lat = measure_side_by_side({"fp32": (t32, spec32), "int8": (t8, spec8)}, time_cap_s=time_cap_s)
-            latency = {"device": spec32.name, "fp32": lat["fp32"], "int8": lat["int8"],
-                       "int8_over_fp32": lat["int8"]["median_ms"] / lat["fp32"]["median_ms"],
-                       "speedup": lat["fp32"]["median_ms"] / lat["int8"]["median_ms"],
-                       "method": ("both models loaded, measured in interleaved rounds; INT8 timed paired with FP32 "
-                                  "(median per-inference ratio)" if "over_first" in lat["int8"] else
-                                  "both models loaded, measured in interleaved rounds (median of round medians)")}
+            latency = int8_vs_fp32_latency((t32, spec32), (t8, spec8), time_cap_s, "both models")
         accuracy = {"split": source, "top1_pytorch": top1(ref, labels), "top1_fp32": top1(l32, labels),
                     "top1_int8": top1(l8, labels), "agreement_int8_vs_fp32": agreement,
                     "min_agreement": min_agreement if gated else None}

@@ -37,7 +37,7 @@ from hwnas.formats import register_format
 from hwnas.formats.common import (Progress, _check_options, build_manifest, compare_logits, export_verified_fp32,
                                   load_calibration, manifest_path, measure_onnx_latency, prepare, resolve_device,
                                   top1, val_data, write_json)
-from hwnas.formats.onnx_int8 import DEFAULT_MIN_AGREEMENT, measure_side_by_side
+from hwnas.formats.onnx_int8 import DEFAULT_MIN_AGREEMENT, int8_vs_fp32_latency
 from hwnas.io import atomic_outputs, job_tempdir
 
 OV_PRECISIONS = ("fp32", "int8")
@@ -172,6 +172,21 @@ def quantize_nncf(model: Any, calib: torch.Tensor | np.ndarray, batch: int | Non
     }
 
 
+def onnx_to_ir(onnx_path: str | Path, dst: str | Path, calib: Any = None, batch: int = 1,
+               nncf_settings: Mapping[str, Any] | None = None) -> dict:
+    """OpenVINO IR (FP32 weights) of the FP32 ONNX model at ``onnx_path``, written to ``dst``; NNCF-quantized on
+    ``calib`` with ``nncf_settings`` (one of ``NNCF_ATTEMPTS``) when given.  Returns what was done."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(onnx_path))  # the ONNX frontend; convert_model would send telemetry
+    info: dict = {"converter": f"openvino Core.read_model (ONNX frontend) {ov.__version__}", "compress_to_fp16": False}
+    if calib is not None:
+        model, qinfo = quantize_nncf(model, calib, batch, **(nncf_settings or {}))
+        info.update(qinfo)
+    ov.save_model(model, str(dst), compress_to_fp16=False)
+    return info
+
+
 @register_format("openvino", precisions=OV_PRECISIONS)
 def export_openvino(arch: Mapping[str, Any], out: str | Path, supernet: str, weights: str | None = None, *,
                     batch: int = 1, command: str | None = None, dynamic_batch: bool = False,
@@ -288,12 +303,8 @@ def export_openvino(arch: Mapping[str, Any], out: str | Path, supernet: str, wei
         if spec is not None and spec32 is not None:
             if int8:
                 say(f"timing the FP32 and INT8 IRs side by side on {spec.name}")
-                lat = measure_side_by_side({"fp32": (ir32, spec32), "int8": (ir, spec)}, time_cap_s=time_cap_s)
-                latency = {"device": spec.name, "fp32": lat["fp32"], "int8": lat["int8"],
-                           "int8_over_fp32": lat["int8"]["median_ms"] / lat["fp32"]["median_ms"],
-                           "speedup": lat["fp32"]["median_ms"] / lat["int8"]["median_ms"],
-                           "method": ("FP32 IR (not written) and INT8 IR loaded together, measured in interleaved "
-                                      "rounds; INT8 timed paired with FP32 (median per-inference ratio)")}
+                latency = int8_vs_fp32_latency((ir32, spec32), (ir, spec), time_cap_s,
+                                               "FP32 IR (not written) and INT8 IR")
             else:
                 say(f"measuring latency on {spec.name}")
                 latency = measure_onnx_latency(ir, spec, time_cap_s)
