@@ -18,7 +18,9 @@ def supernet_train_cmd(
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family (a Fashion-MNIST family)."),
     epochs: int = typer.Option(7, help="Epochs over the 55,000-image training split.", callback=COUNT),
     batch_size: int = typer.Option(128, callback=COUNT),
-    lr: float = typer.Option(0.1, callback=number(0, lo_open=True)),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the family's recipe: 0.1 SGD for "
+                                       "CNNs, 2e-3 AdamW for vit_fmnist].", callback=number(0, lo_open=True)),
+    optimizer: Optional[str] = typer.Option(None, help="sgd | adamw [default: the family's recipe]."),
     n_random: int = typer.Option(1, help="Random subnets per step besides the largest and smallest.",
                                  callback=number(0)),
     seed: int = typer.Option(0, callback=SEED),
@@ -29,8 +31,8 @@ def supernet_train_cmd(
     """Sandwich-rule training with in-place distillation; resumes from OUT/checkpoint.pt if present."""
     from hwnas.supernet.train import TrainConfig, train_supernet
 
-    cfg = TrainConfig(supernet=supernet, epochs=epochs, batch_size=batch_size, lr=lr, n_random=n_random,
-                      seed=seed, device=device)
+    cfg = TrainConfig.for_family(supernet, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                 n_random=n_random, seed=seed, device=device)
     with progress_bar("training", None, enabled=not json_) as update:
         res = train_supernet(cfg, out, str(data) if data else None,
                              progress=lambda s, t, info: update(s, t, f"epoch {info['epoch']} loss {info['loss']:.3f}"))

@@ -101,6 +101,9 @@ def export_cmd(
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: FP16 engine."),
     int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 engine from the explicit Q/DQ model; "
                                                     "OpenVINO: NNCF INT8 IR."),
+    int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="onnx-int8: static (QDQ, calibrated) | dynamic "
+                                            "(int8 MatMul, ranges at run time) [default: the family's preference: "
+                                            "static for CNNs, dynamic for vit_fmnist]."),
     calibration: Optional[Path] = typer.Option(None, "--data", "--calibration",
                                                help="Your images for BN recalibration, INT8 calibration and the "
                                                     "accuracy checks: an image folder (one folder per class), "
@@ -120,6 +123,13 @@ def export_cmd(
         raise ExportError("--fp16 selects the TensorRT precision and --int8 the TensorRT or OpenVINO one; use "
                           "--format onnx-int8 for ONNX Runtime INT8, or --format best to let measurement choose")
     opts = {"precision": "fp16" if fp16 else "int8"} if (fp16 or int8) else {}
+    if int8_mode is not None:
+        if fmt != "onnx-int8":
+            raise ExportError("--int8-mode applies to --format onnx-int8 (--format best builds both schemes where "
+                              "the family asks for them)")
+        if int8_mode not in ("static", "dynamic"):
+            raise ExportError(f"--int8-mode {int8_mode!r} is not one of static, dynamic")
+        opts["mode"] = int8_mode
     res = jobs.export(arch, out, supernet=supernet, weights=weights, format=fmt, batch=batch,
                       dynamic_batch=dynamic_batch, optimize=not no_optimize, command=_command_line(),
                       device=device, calibration=calibration, time_cap_s=time_cap, **opts).to_dict()

@@ -12,6 +12,10 @@ candidate this machine can run from the one verified FP32 ONNX model:
     GlobalAveragePool, 7-bit weights where the CPU has no VNNI);
 ``ort-int8-alt``
     the same with the other ``reduce_range`` setting (more accurate or faster, depending on the CPU);
+``ort-int8-dynamic``
+    dynamic INT8 by :func:`hwnas.formats.onnx_int8.quantize_dynamic_int8`: int8 MatMul/Gemm weights,
+    activations quantized at run time (no calibration); built by default for families whose
+    ``int8_modes`` include ``"dynamic"`` (transformers);
 ``openvino-fp32`` / ``openvino-int8`` / ``openvino-int8-alt``
     OpenVINO IR, FP32 and NNCF post-training INT8 (NNCF's defaults; min-max activation ranges without
     fast bias correction), where the ``openvino`` extra is installed.
@@ -51,7 +55,11 @@ DEFAULT_DEVICE = "ort-cpu-1t"
 DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_MAX_TOP1_DROP = 0.003
 DEFAULT_MIN_SPEEDUP = 1.03
-CANDIDATES = ("ort-fp32", "ort-int8", "ort-int8-alt", "openvino-fp32", "openvino-int8", "openvino-int8-alt")
+CANDIDATES = ("ort-fp32", "ort-int8", "ort-int8-alt", "ort-int8-dynamic", "openvino-fp32", "openvino-int8",
+              "openvino-int8-alt")
+#: candidates built only for families whose ``int8_modes`` name the scheme (when no list is given)
+_MODE_OF = {"ort-int8": "static", "ort-int8-alt": "static", "ort-int8-dynamic": "dynamic",
+            "openvino-int8": "static", "openvino-int8-alt": "static"}
 
 
 @dataclasses.dataclass
@@ -126,7 +134,7 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
     ``ort-cpu-1t``); the OpenVINO candidates run on a matching OpenVINO device.  Returns the winner's
     manifest, whose ``selection`` holds the candidates table.
     """
-    from hwnas.formats.onnx_int8 import cpu_has_vnni, measure_side_by_side, quantize_qdq
+    from hwnas.formats.onnx_int8 import cpu_has_vnni, measure_side_by_side, quantize_dynamic_int8, quantize_qdq
 
     _check_options("--format best", options)
     say = progress or (lambda msg: None)
@@ -168,9 +176,12 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
 
     say("extracting the subnet and recalibrating BN")
     net, a, sub, recal = prepare(supernet, weights, arch, calibration)
+    if candidates is None:  # the INT8 schemes the family asks for
+        modes = set(net.family.int8_modes)
+        names = [c for c in names if _MODE_OF.get(c) is None or _MODE_OF[c] in modes]
     shape = net.family.input_shape(a)
     x, labels, source = val_data(net, shape[-1], calibration)
-    needs_cal = any(c != "ort-fp32" for c in names)
+    needs_cal = any(c not in ("ort-fp32", "ort-int8-dynamic") for c in names)
     gated = net.weights_hash != "init"
     cal = load_calibration(net, shape[-1], calibration) if needs_cal else None
     cal_source = (f"{calibration}" if calibration is not None else f"{net.family.name} shipped calibration set")
@@ -203,6 +214,12 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
             dst = td / f"{name}.onnx"
             info = quantize_qdq(p32, dst, cal, target="ort", reduce_range=rr, node_groups=net.family.node_groups)
             cands[name] = Candidate(name, "onnxruntime", "int8", "onnx-int8", dst, spec8, info=info)
+        if "ort-int8-dynamic" in names:
+            say("ort-int8-dynamic: quantizing (dynamic, int8 MatMul/Gemm weights)")
+            dst = td / "ort-int8-dynamic.onnx"
+            info = quantize_dynamic_int8(p32, dst, node_groups=net.family.node_groups)
+            cands["ort-int8-dynamic"] = Candidate("ort-int8-dynamic", "onnxruntime", "int8", "onnx-int8", dst, spec8,
+                                                  info=info)
         if any(c.startswith("openvino") for c in names):
             from hwnas.formats.openvino import NNCF_ATTEMPTS, onnx_to_ir
 

@@ -302,6 +302,76 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
     }
 
 
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
+
+
+def quantize_dynamic_int8(src: str | Path, dst: str | Path, *, op_types: Sequence[str] = DYNAMIC_OP_TYPES,
+                          exclude: Sequence[str] = (), node_groups: Mapping[str, str] | None = None,
+                          reduce_range: bool | None = None, per_channel: bool = False) -> dict:
+    """Dynamic INT8 quantization of the FP32 model ``src`` into ``dst`` (ONNX Runtime's ``quantize_dynamic``).
+
+    Weights of ``op_types`` (default MatMul and Gemm) are stored int8 symmetric; activations are
+    quantized to uint8 at run time, per tensor, from their own range, so there is no calibration set
+    and no activation scale to get wrong.  ONNX Runtime runs these as ``MatMulInteger`` /
+    ``DynamicQuantizeMatMul`` (its fast path for transformers on CPU); convolutions stay FP32 (their
+    dynamic form, ``ConvInteger``, is slower than FP32 on CPU).  ``reduce_range`` (7-bit weights):
+    ``None`` decides by :func:`cpu_has_vnni`, as for the static recipe.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    vnni = cpu_has_vnni()
+    if reduce_range is None:
+        reduce_range = vnni is False
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as td:
+        pre, q = Path(td) / "pre.onnx", Path(td) / "q.onnx"
+        quant_pre_process(str(src), str(pre))
+        model = onnx.load(str(pre))
+        groups = resolve_excludes(model, exclude, node_groups)
+        excluded = sorted({n for names in groups.values() for n in names})
+        try:
+            quantize_dynamic(str(pre), str(q), op_types_to_quantize=list(op_types), per_channel=per_channel,
+                             reduce_range=bool(reduce_range), weight_type=QuantType.QInt8,
+                             nodes_to_exclude=excluded or None)
+        except Exception as exc:  # the quantizer raises many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"dynamic INT8 quantization of {src.name} failed: {first[:200]}") from exc
+        qm = onnx.load(str(q))
+        onnx.checker.check_model(qm, full_check=True)
+        onnx.save(qm, str(dst))
+    ops: dict[str, int] = {}
+    for n in qm.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    import onnxruntime
+
+    n_quant = sum(v for k, v in ops.items() if k in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger",
+                                                        "MatMulIntegerToFloat"))
+    if n_quant == 0:
+        raise ExportError(f"dynamic INT8 quantization of {src.name} quantized nothing (no {', '.join(op_types)} "
+                          "with constant weights); use the static recipe for this model")
+    return {
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
+        "format": "dynamic",
+        "target": "ort",
+        "preprocess": "quant_pre_process (symbolic shape inference, ORT graph optimization)",
+        "weights": ("int8 symmetric, " + ("per output channel" if per_channel else "per tensor")
+                    + (", 7-bit range (reduce_range)" if reduce_range else "")),
+        "reduce_range": bool(reduce_range),
+        "cpu_vnni": vnni,
+        "op_types": list(op_types),
+        "activations": "uint8 asymmetric, per tensor, range computed at run time (no calibration)",
+        "calibration_method": None,
+        "calibration_images": 0,
+        "excluded": {k: v for k, v in groups.items()},
+        "n_quantized_nodes": n_quant,
+        "op_counts": dict(sorted(ops.items())),
+        "opset": max((o.version for o in qm.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
 def is_qdq_model(path: str | Path) -> bool:
     import onnx
 
@@ -394,9 +464,13 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
                      calibration: str | Path | None = None, calib_images: int | None = None,
                      calib_method: str = "minmax", exclude: Sequence[str] | None = None,
                      min_agreement: float = DEFAULT_MIN_AGREEMENT, fp32_out: str | Path | None = None,
-                     target: str = "ort", progress: Progress | None = None,
+                     target: str = "ort", mode: str | None = None, progress: Progress | None = None,
                      manifest_extra: Mapping[str, Any] | None = None, **options: Any) -> dict:
-    """FP32 + INT8 (QDQ) ONNX models of ``arch``, both verified on the validation split, timed side by side.
+    """FP32 + INT8 ONNX models of ``arch``, both verified on the validation split, timed side by side.
+
+    ``mode``: ``"static"`` (QDQ with calibrated activation scales, :func:`quantize_qdq`) or ``"dynamic"``
+    (int8 MatMul/Gemm, activation scales at run time, :func:`quantize_dynamic_int8`; no calibration
+    images); ``None``: the family's preferred scheme (the first of its ``int8_modes``).
 
     ``exclude``: node groups/op types/node names kept in FP32 (``None``: quantize everything, and if
     top-1 agreement with FP32 falls below ``min_agreement`` retry with the family's ``int8_fallback_excludes`` before
@@ -422,17 +496,23 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
         spec8 = resolve_device(dev, batch, "int8")
     say("extracting the subnet and recalibrating BN")
     net, a, sub, recal = prepare(supernet, weights, arch, calibration)
+    mode = (net.family.int8_modes or ("static",))[0] if mode is None else mode
+    if mode not in ("static", "dynamic"):
+        raise ExportError(f"INT8 mode {mode!r} is not one of static, dynamic")
+    if mode == "dynamic" and target != "ort":
+        raise ExportError("dynamic INT8 is an ONNX Runtime scheme; TensorRT needs the static (QDQ) recipe: mode='static'")
     shape = net.family.input_shape(a)
-    cal = load_calibration(net, shape[-1], calibration)
-    if cal is None:
+    cal = load_calibration(net, shape[-1], calibration) if mode == "static" else None
+    if cal is None and mode == "static":
         raise ExportError(f"INT8 calibration needs real images and supernet {net.family.name!r} has no shipped "
                           "calibration set: pass its images with --data DIR (an image folder, train/val folders or an .npz)")
-    if calib_images is not None:
+    if calib_images is not None and cal is not None:
         if calib_images < 1:
             raise ExportError(f"calib_images must be >= 1; got {calib_images}")
         cal = cal[:calib_images]
-    cal_source = (f"{calibration} ({len(cal)} images)" if calibration is not None
-                  else f"fashion-mnist calib ({len(cal)} images)")
+    cal_source = ("none (dynamic: activation ranges computed at run time)" if cal is None
+                  else f"{calibration} ({len(cal)} images)" if calibration is not None
+                  else f"{net.family.name} calib ({len(cal)} images)")
     shape = net.family.input_shape(a)
     x, labels, source = val_data(net, shape[-1], calibration)
     m32_path, m8_path = manifest_path(fp32_path), manifest_path(out)
@@ -445,10 +525,14 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
         gated = net.weights_hash != "init"
         tried = []
         for excl in attempts:
-            say(f"quantizing (QDQ, {calib_method} calibration on {cal_source}"
-                + (f", keeping {', '.join(excl)} in FP32" if excl else "") + ")")
-            qinfo = quantize_qdq(t32, t8, cal, target=target, exclude=excl, method=calib_method,
-                                 node_groups=net.family.node_groups)
+            keep = f", keeping {', '.join(excl)} in FP32" if excl else ""
+            if mode == "dynamic":
+                say(f"quantizing (dynamic: int8 MatMul/Gemm weights{keep})")
+                qinfo = quantize_dynamic_int8(t32, t8, exclude=excl, node_groups=net.family.node_groups)
+            else:
+                say(f"quantizing (QDQ, {calib_method} calibration on {cal_source}{keep})")
+                qinfo = quantize_qdq(t32, t8, cal, target=target, exclude=excl, method=calib_method,
+                                     node_groups=net.family.node_groups)
             say(f"evaluating the INT8 model on {source}")
             l8 = onnx_logits(t8, x)
             agreement = float((l8.argmax(1) == l32.argmax(1)).mean())

@@ -14,6 +14,8 @@ A family is registered by name (``hwnas.supernet.registry.register_supernet``) a
 * **vectorized predictor features**: the gene one-hot and analytic costs (``cost_vectors``:
   ``macs``, ``params``, ``peak_act`` per arch, plus per-group figures), with ``macs_m`` the first
   analytic feature column;
+* **export and training hints**: ``node_groups`` and ``int8_fallback_excludes`` (what INT8 may keep in
+  FP32), ``int8_modes`` (static QDQ and/or dynamic int8 MatMul), ``train_defaults`` (the recipe);
 * **optional capabilities** (``capabilities``), checked where they are used with :meth:`require`:
   ``"lut"`` (a block lookup table: ``lut_entries``, ``lut_entry_module``, ``lut_usage``).
 
@@ -193,6 +195,12 @@ class SupernetFamily(ABC):
     node_groups: ClassVar[Mapping[str, str]] = {}
     #: export: groups kept in FP32, in order, when full INT8 quantization loses too much agreement
     int8_fallback_excludes: ClassVar[tuple[tuple[str, ...], ...]] = (("classifier",),)
+    #: export: the INT8 schemes worth building for this family, preferred first: ``"static"`` (QDQ with
+    #: calibrated activation scales: convolutions) and/or ``"dynamic"`` (int8 MatMul with activation
+    #: scales computed at run time: transformers); ``--format best`` builds the candidates of each
+    int8_modes: ClassVar[tuple[str, ...]] = ("static",)
+    #: training: the recipe's defaults that differ from ``TrainConfig``'s (e.g. AdamW for a transformer)
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
 
     # ------------------------------------------------------------------ required
     @property

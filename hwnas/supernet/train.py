@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hwnas.errors import CheckpointError
+from hwnas.errors import CheckpointError, OptionValueError
 from hwnas.io import atomic_output, atomic_write_json
 from hwnas.supernet.registry import create_supernet
 
@@ -45,6 +45,7 @@ class TrainConfig:
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
     warmup_steps: int = 200
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw" (betas 0.9/0.999; transformers)
     n_random: int = 1
     seed: int = 0
     checkpoint_every: int = 50
@@ -54,6 +55,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def for_family(cls, supernet: str = "mbv3_fmnist", **overrides) -> "TrainConfig":
+        """The config of ``supernet`` with its family's recipe defaults (``train_defaults``: a
+        transformer family asks for AdamW) under the given overrides; ``None`` overrides are ignored."""
+        from hwnas.supernet.registry import get_family
+
+        kw = dict(getattr(get_family(supernet), "train_defaults", {}) or {})
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(supernet=supernet, **kw)
 
 
 def _resize(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -105,9 +116,13 @@ def train_supernet(cfg: TrainConfig, out_dir: str | Path, data_dir: str | None =
     decay, no_decay = [], []
     for n_, p in net.named_parameters():
         (no_decay if p.ndim <= 1 or n_.endswith("_matrix") else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+    else:
+        raise OptionValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
     start_epoch, start_step, elapsed = 0, 0, 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from hwnas.supernet.train import TrainConfig, train_supernet
@@ -7,9 +8,10 @@ from hwnas.supernet.train import TrainConfig, train_supernet
 CFG = dict(epochs=1, batch_size=64, limit_train=256, train_split="calib", checkpoint_every=1, warmup_steps=1)
 
 
-def test_training_runs_logs_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("supernet", ["mbv3_fmnist", "vit_fmnist"])
+def test_training_runs_logs_and_resumes_exactly(tmp_path, supernet):
     torch.set_num_threads(1)
-    cfg = TrainConfig(**CFG)
+    cfg = TrainConfig.for_family(supernet, **CFG)
     # an uninterrupted run
     full = train_supernet(cfg, tmp_path / "full")
     assert (tmp_path / "full" / "supernet.pt").is_file()
@@ -25,3 +27,11 @@ def test_training_runs_logs_and_resumes_exactly(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_family_recipe_defaults_and_overrides():
+    vit = TrainConfig.for_family("vit_fmnist")
+    assert vit.optimizer == "adamw" and vit.lr == 2e-3 and vit.weight_decay == 0.05
+    assert TrainConfig.for_family("vit_fmnist", lr=1e-3, optimizer=None).lr == 1e-3
+    cnn = TrainConfig.for_family("mbv3_fmnist")
+    assert cnn == TrainConfig() and cnn.optimizer == "sgd"
