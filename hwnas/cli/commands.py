@@ -19,7 +19,7 @@ def supernet_train_cmd(
     epochs: int = typer.Option(7, help="Epochs over the 55,000-image training split.", callback=COUNT),
     batch_size: int = typer.Option(128, callback=COUNT),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the family's recipe: 0.1 SGD for "
-                                       "CNNs, 2e-3 AdamW for vit_fmnist].", callback=number(0, lo_open=True)),
+                                       "CNNs, 1e-3 AdamW for vit_fmnist].", callback=number(0, lo_open=True)),
     optimizer: Optional[str] = typer.Option(None, help="sgd | adamw [default: the family's recipe]."),
     n_random: int = typer.Option(1, help="Random subnets per step besides the largest and smallest.",
                                  callback=number(0)),

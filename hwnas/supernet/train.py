@@ -53,6 +53,10 @@ class TrainConfig:
     train_split: str = "train"  # tests train on the shipped 'calib' subset
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise OptionValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adamw")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -121,8 +125,8 @@ def train_supernet(cfg: TrainConfig, out_dir: str | Path, data_dir: str | None =
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     elif cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
-    else:
-        raise OptionValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    else:  # TrainConfig checks the name
+        raise AssertionError(cfg.optimizer)
     start_epoch, start_step, elapsed = 0, 0, 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)

@@ -214,6 +214,12 @@ CASES = [
     ("batch-zero", ["export", "--arch", "max.json", "--batch", "0", "-o", "x.onnx"], "--batch 0 is out of range",
      ["x.onnx"]),
     ("lr-inf", ["supernet", "train", "--lr", "inf"], "--lr inf is out of range", []),
+    ("optimizer-unknown", ["supernet", "train", "--optimizer", "lion", "-o", "trainrun"],
+     "unknown optimizer 'lion'; choose sgd or adamw", ["trainrun/checkpoint.pt"]),
+    ("int8-mode-wrong-format", ["export", "--arch", "max.json", "--int8-mode", "dynamic", "-o", "x.onnx"],
+     "--int8-mode applies to --format onnx-int8", ["x.onnx"]),
+    ("int8-mode-unknown", ["export", "--arch", "max.json", "--format", "onnx-int8", "--int8-mode", "fast",
+                           "-o", "x.onnx"], "--int8-mode 'fast' is not one of static, dynamic", ["x.onnx"]),
 ]
 
 

@@ -31,7 +31,7 @@ def test_training_runs_logs_and_resumes_exactly(tmp_path, supernet):
 
 def test_family_recipe_defaults_and_overrides():
     vit = TrainConfig.for_family("vit_fmnist")
-    assert vit.optimizer == "adamw" and vit.lr == 2e-3 and vit.weight_decay == 0.05
+    assert vit.optimizer == "adamw" and vit.lr == 1e-3 and vit.weight_decay == 0.05
     assert TrainConfig.for_family("vit_fmnist", lr=1e-3, optimizer=None).lr == 1e-3
     cnn = TrainConfig.for_family("mbv3_fmnist")
     assert cnn == TrainConfig() and cnn.optimizer == "sgd"

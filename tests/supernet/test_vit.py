@@ -110,7 +110,7 @@ def test_cost_vectors_equal_pytorch_counts_on_extracted_modules(fam, space, net)
         assert c["tokens"][i] == g * g and c["depth"][i] == len(sub.blocks) == arch["d"], aid
         assert fam.arch_cost(arch)["macs"] == macs
     lo, hi = fam.arch_cost(space.min_arch())["macs"], fam.arch_cost(space.max_arch())["macs"]
-    assert hi / lo > 15  # the space spans a wide cost range (latency >= 5x on ort-cpu-1t)
+    assert hi / lo > 10  # the space spans a wide cost range (the latency range is in the README)
 
 
 def test_features(fam, space):
@@ -152,15 +152,17 @@ def test_onnx_graph_is_static_and_fuses(tmp_path, fam, space, net):
     path = export_onnx(sub, tmp_path / "vit.onnx", fam.input_shape(arch), batch=1)
     ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     d = arch["d"]
-    # per layer: one Reshape and one Transpose into heads, one for k, one Reshape/Transpose out; no Shape/Gather
+    # per layer: one Reshape and one Transpose into heads, one Transpose for k, one Reshape/Transpose out;
+    # tokens in and out of the (batch * tokens, e) matrix: 3 Reshapes and a Transpose; no Shape/Gather
     assert ops["LayerNormalization"] == 2 * d + 1 and ops["Softmax"] == d and ops["Split"] == d
-    assert ops["Reshape"] <= 2 * d + 1 and ops["Transpose"] <= 3 * d + 1, ops
+    assert ops["Reshape"] == 2 * d + 3 and ops["Transpose"] == 3 * d + 1, ops
     assert ops["Gather"] == 0 and ops["Shape"] == 0, ops
+    assert ops["Gemm"] == 4 * d + 1 and ops["MatMul"] == 2 * d, ops  # projections are Gemms, attention MatMuls
     names = [n.name for n in onnx.load(str(path)).graph.node]
     assert any(fam.node_groups["classifier"] in n for n in names)
     fused = ort_optimized_ops(path)
     assert fused.get("Gelu", 0) + fused.get("BiasGelu", 0) == d, fused  # Erf pattern fused by ORT
-    assert fused.get("Erf", 0) == 0
+    assert fused.get("Erf", 0) == 0 and fused.get("Reshape", 0) == ops["Reshape"], fused  # none added around Gemms
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     chk = check_onnx(path, sub, x)
     assert chk.passed and chk.max_abs_err < 1e-4, chk
@@ -177,7 +179,7 @@ def test_dynamic_int8_quantizes_the_matmuls(tmp_path, fam, space, net):
     src = export_onnx(sub, tmp_path / "vit.onnx", fam.input_shape(arch), batch=1)
     info = quantize_dynamic_int8(src, tmp_path / "vit.int8.onnx", node_groups=fam.node_groups)
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "vit.int8.onnx")).graph.node)
-    # every weight MatMul (qkv, proj, fc1, fc2 per layer) and the classifier; attention's own two stay float
+    # every weight Gemm (qkv, proj, fc1, fc2 per layer) and the classifier; attention's own two stay float
     assert info["n_quantized_nodes"] == ops["MatMulInteger"] == 4 * arch["d"] + 1, ops
     assert ops["MatMul"] == 2 * arch["d"] and ops["Conv"] == 3 and info["calibration_images"] == 0
     x = torch.randn(8, 1, arch["r"], arch["r"], generator=torch.Generator().manual_seed(1))
