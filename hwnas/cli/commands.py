@@ -312,6 +312,8 @@ def search_cmd(
 def run_cmd(
     out: Path = typer.Option(Path("hwnas-out"), "-o", "--out"),
     device: str = typer.Option("ort-cpu-1t", "--device", "-d"),
+    supernet: str = typer.Option("mbv3_fmnist", help="Supernet family with shipped weights and accuracy predictor "
+                                                      "(mbv3_fmnist, vit_fmnist)."),
     samples: int = typer.Option(150, help="Subnets to profile (reused on a second run).", callback=number(2)),
     latency: Optional[str] = typer.Option(None, "--latency", help="Budget (default: 35% into the measured range)."),
     rounds: int = typer.Option(2, callback=COUNT),
@@ -323,7 +325,8 @@ def run_cmd(
 
     say = (lambda s: None) if json_ else (lambda s: typer.echo(s, err=True))
     with progress_bar("profiling", samples, enabled=not json_) as update:
-        res = jobs.run(out, device=device, samples=samples, latency=latency, rounds=rounds, seed=seed, log=say,
+        res = jobs.run(out, device=device, supernet=supernet, samples=samples, latency=latency, rounds=rounds,
+                       seed=seed, log=say,
                        progress=lambda ev: update(ev.done, ev.total)).to_dict()
 
     def human(s):

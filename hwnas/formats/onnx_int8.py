@@ -17,11 +17,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -199,6 +200,27 @@ def graph_summary(ops: Mapping[str, int]) -> dict:
                                                           if k.startswith("QLinear") or k == "QGemm"}}
 
 
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """Collect what ORT's quantizer logs through the root logger (e.g. per-channel axis notes on LayerNorm
+    weights) into a list for the manifest, instead of printing it among hwnas's own output."""
+    got: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage()[:300])
+
+    root = logging.getLogger()
+    keep, saved_handlers, saved_level = _Keep(logging.WARNING), root.handlers[:], root.level
+    root.handlers = [keep]
+    root.setLevel(logging.WARNING)
+    try:
+        yield got
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+
+
 def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndarray, *, target: str = "ort",
                  exclude: Sequence[str] = (), method: str = "minmax", calib_batch: int = 100,
                  node_groups: Mapping[str, str] | None = None, reduce_range: bool | None = None,
@@ -260,13 +282,14 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
         groups = resolve_excludes(model, exclude, node_groups)
         excluded = sorted({n for names in groups.values() for n in names})
         try:
-            quantize_static(str(dyn), str(q), _ArrayReader.create(x, calib_batch), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
-                            reduce_range=bool(reduce_range), nodes_to_exclude=excluded or None,
-                            op_types_to_quantize=list(op_types) if op_types else None,
-                            calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
-                                                                           "percentile": "Percentile"}[method]),
-                            extra_options=extra)
+            with _captured_warnings() as warned:
+                quantize_static(str(dyn), str(q), _ArrayReader.create(x, calib_batch), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+                                reduce_range=bool(reduce_range), nodes_to_exclude=excluded or None,
+                                op_types_to_quantize=list(op_types) if op_types else None,
+                                calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
+                                                                               "percentile": "Percentile"}[method]),
+                                extra_options=extra)
         except Exception as exc:  # the quantizer raises many types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"INT8 quantization of {src.name} failed: {first[:200]}") from exc
@@ -294,6 +317,7 @@ def quantize_qdq(src: str | Path, dst: str | Path, calib: torch.Tensor | np.ndar
         "calibration_method": method,
         "calibration_images": int(len(x)),
         "excluded": {k: v for k, v in groups.items()},
+        "quantizer_warnings": sorted(set(warned))[:20],
         "n_quantize_linear": ops.get("QuantizeLinear", 0),
         "n_dequantize_linear": ops.get("DequantizeLinear", 0),
         "op_counts": dict(sorted(ops.items())),
@@ -332,9 +356,10 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, *, op_types: Sequenc
         groups = resolve_excludes(model, exclude, node_groups)
         excluded = sorted({n for names in groups.values() for n in names})
         try:
-            quantize_dynamic(str(pre), str(q), op_types_to_quantize=list(op_types), per_channel=per_channel,
-                             reduce_range=bool(reduce_range), weight_type=QuantType.QInt8,
-                             nodes_to_exclude=excluded or None)
+            with _captured_warnings() as warned:
+                quantize_dynamic(str(pre), str(q), op_types_to_quantize=list(op_types), per_channel=per_channel,
+                                 reduce_range=bool(reduce_range), weight_type=QuantType.QInt8,
+                                 nodes_to_exclude=excluded or None)
         except Exception as exc:  # the quantizer raises many types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"dynamic INT8 quantization of {src.name} failed: {first[:200]}") from exc
@@ -366,6 +391,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, *, op_types: Sequenc
         "calibration_images": 0,
         "excluded": {k: v for k, v in groups.items()},
         "n_quantized_nodes": n_quant,
+        "quantizer_warnings": sorted(set(warned))[:20],
         "op_counts": dict(sorted(ops.items())),
         "opset": max((o.version for o in qm.opset_import if o.domain in ("", "ai.onnx")), default=None),
         "seconds": round(time.perf_counter() - t0, 2),
