@@ -86,6 +86,16 @@ def nncf_available() -> bool:
     return importlib.util.find_spec("nncf") is not None
 
 
+def default_candidates(family: Any) -> list[str]:
+    """The candidates built when none are named: every one this machine can run (OpenVINO ones where the
+    extra is installed) whose INT8 scheme is among the family's ``int8_modes``."""
+    ov_ok, modes = openvino_available(), set(family.int8_modes)
+    names = [c for c in CANDIDATES if ov_ok or not c.startswith("openvino")]
+    if ov_ok and not nncf_available():
+        names = [c for c in names if not c.startswith("openvino-int8")]
+    return [c for c in names if _MODE_OF.get(c) is None or _MODE_OF[c] in modes]
+
+
 def _size(c: Candidate) -> int:
     return sum(p.stat().st_size for p in c.files() if p.exists())
 
@@ -150,9 +160,7 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
         raise ExportError(f"rounds must be >= 1; got {rounds}")
     ov_ok = openvino_available()
     if candidates is None:
-        names = [c for c in CANDIDATES if ov_ok or not c.startswith("openvino")]
-        if ov_ok and not nncf_available():
-            names = [c for c in names if not c.startswith("openvino-int8")]
+        names = None  # default_candidates(family), once the family is known
     else:
         names = list(dict.fromkeys(candidates))
         unknown = [c for c in names if c not in CANDIDATES]
@@ -169,16 +177,15 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
         raise ExportError(f"--format best compares CPU engines against ONNX Runtime's CPU EP; device {spec32.name!r} "
                           "is not an ONNX Runtime CPU device (use e.g. ort-cpu-1t)")
     spec8 = dataclasses.replace(spec32, precision="int8")
-    specs_ov = {}
-    if any(c.startswith("openvino") for c in names):
-        specs_ov = {p: _ov_spec(spec32, batch, p) for p in ("fp32", "int8")}
     fp32_out = Path(fp32_out) if fp32_out is not None else None
 
     say("extracting the subnet and recalibrating BN")
     net, a, sub, recal = prepare(supernet, weights, arch, calibration)
-    if candidates is None:  # the INT8 schemes the family asks for
-        modes = set(net.family.int8_modes)
-        names = [c for c in names if _MODE_OF.get(c) is None or _MODE_OF[c] in modes]
+    if names is None:
+        names = default_candidates(net.family)
+    specs_ov = {}
+    if any(c.startswith("openvino") for c in names):
+        specs_ov = {p: _ov_spec(spec32, batch, p) for p in ("fp32", "int8")}
     shape = net.family.input_shape(a)
     x, labels, source = val_data(net, shape[-1], calibration)
     needs_cal = any(c not in ("ort-fp32", "ort-int8-dynamic") for c in names)

@@ -148,3 +148,13 @@ def test_rewrite_for_int8_keeps_the_arithmetic(tmp_path, arch):
     np.testing.assert_allclose(onnx_logits(dst, x), onnx_logits(src, x), rtol=1e-5, atol=1e-5)
     ops = graph_summary(ort_optimized_ops(dst))
     assert "ReduceMean" not in ops["float_ops"]
+
+
+def test_default_candidates_follow_the_family_int8_modes():
+    from hwnas.formats.best import default_candidates
+    from hwnas.supernet.registry import get_family
+
+    cnn, vit = default_candidates(get_family("mbv3_fmnist")), default_candidates(get_family("vit_fmnist"))
+    assert "ort-int8-dynamic" not in cnn and {"ort-fp32", "ort-int8", "ort-int8-alt"} <= set(cnn)
+    assert {"ort-fp32", "ort-int8", "ort-int8-dynamic"} <= set(vit)
+    assert any(c.startswith("openvino") for c in vit) == HAS_OV

@@ -58,3 +58,24 @@ def test_shipped_predictors_belong_to_these_weights(net):
     assert np.all(np.diff(ms) > 0) and ms[-1] / ms[0] > 4  # small < anchor < large, a wide range
     top = acc.predict(X)
     assert np.all((top > 0.7) & (top < 1.0)) and top[-1] > top[0]
+
+
+def test_best_engine_with_dynamic_int8_is_gated_and_written(tmp_path, net):
+    from hwnas.formats import export_subnet
+    from hwnas.formats.onnx_int8 import ort_optimized_ops
+
+    arch = net.family.default_anchor()
+    m = export_subnet(arch, tmp_path / "e.onnx", FAMILY, None, fmt="best",
+                      candidates=["ort-fp32", "ort-int8-dynamic"], time_cap_s=0.3, rounds=2)
+    sel = m["selection"]
+    rows = {c["name"]: c for c in sel["candidates"]}
+    dyn = rows["ort-int8-dynamic"]
+    assert sel["gate"]["applied"]  # trained weights: the accuracy gate decides
+    drop = rows["ort-fp32"]["top1"] - dyn["top1"]
+    assert dyn["passed"] == (dyn["agreement_with_fp32"] >= 0.99 and drop <= 0.003 + 1e-12), dyn
+    assert dyn["agreement_with_fp32"] > 0.97 and dyn["size_bytes"] < 0.5 * rows["ort-fp32"]["size_bytes"]
+    assert sel["winner"] in rows and (tmp_path / "e.onnx").is_file()
+    if sel["winner"] == "ort-int8-dynamic":
+        assert m["quantization"]["format"] == "dynamic" and m["quantization"]["calibration_images"] == 0
+        ops = ort_optimized_ops(tmp_path / "e.onnx")
+        assert ops.get("MatMulIntegerToFloat", 0) + ops.get("DynamicQuantizeMatMul", 0) > 0, ops
