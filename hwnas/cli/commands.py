@@ -160,7 +160,7 @@ def profile_cmd(
         return
     with progress_bar(f"profiling {device}", samples, enabled=not json_) as update:
         res = jobs.profile(device, supernet, samples, store=store, weights=weights, seed=seed, time_cap_s=time_cap,
-                           progress=lambda ev: update(ev.done, ev.total, f"{ev.arch_id[:24]:<24}")).to_dict()
+                           progress=lambda ev: update(ev.done, ev.total, f"{ev.arch_id[:28]:<28}")).to_dict()
 
     def human(r):
         rate = (f" ({r['subnets_per_min']:.1f} subnets/min, overhead x{r['overhead']:.1f})"
