@@ -156,6 +156,28 @@ def resolution_aliases(arch: Mapping[str, Any], default: int) -> dict:
     return arch
 
 
+def arch_fields(arch: Any, required: Sequence[str], default_r: int, optional: Sequence[str] = ()) -> dict:
+    """The common first checks of an arch dict: a JSON object, OFA's resolution aliases resolved
+    (:func:`resolution_aliases`), no field of ``required`` missing, none unknown, and ``r`` one value
+    (OFA's ``"r": [224]`` unwrapped); ``ArchError`` names the field.  The values are checked by the space."""
+    keys = ", ".join([*required, "r"])
+    if not isinstance(arch, Mapping):
+        raise ArchError(f"arch must be a JSON object with keys {keys}; got {type(arch).__name__}")
+    arch = resolution_aliases(arch, default_r)
+    missing = [k for k in required if k not in arch]
+    if missing:
+        raise ArchError(f"arch is missing field(s) {', '.join(missing)}; expected keys {keys}")
+    unknown = sorted(map(str, set(arch) - {*required, "r", *optional}))
+    if unknown:
+        raise ArchError(f"arch has unknown field(s) {', '.join(unknown)}; expected keys {keys}")
+    r = arch["r"]
+    if isinstance(r, (list, tuple)):
+        if len(r) != 1:
+            raise ArchError(f"arch field 'r' must be one int (or a list of one); got {list(r)}")
+        arch["r"] = r[0]
+    return arch
+
+
 # ---------------------------------------------------------------------------------- one-hot helper
 def gene_onehot(space: SearchSpace, Xi: np.ndarray) -> np.ndarray:
     """float32 one-hot of every gene of canonical rows ``Xi``, zero where a gene has no effect.
@@ -175,6 +197,30 @@ def gene_onehot(space: SearchSpace, Xi: np.ndarray) -> np.ndarray:
 
 def gene_onehot_names(space: SearchSpace) -> list[str]:
     return [f"{g}={v}" for g, ch in zip(space.gene_names(), space.gene_choices()) for v in ch]
+
+
+_FEATURE_CHUNK = 32768  # rows per block when featurizing huge populations (bounds temporary memory)
+
+
+def gene_features(space: SearchSpace, X: np.ndarray, analytic_block: Any, *, onehot: bool = True,
+                  analytic: bool = True) -> np.ndarray:
+    """float32 predictor features of gene rows: :func:`gene_onehot` of the canonical rows, then
+    ``analytic_block(Xi)`` (an ``(N, K)`` array of analytic costs); in blocks of rows for huge populations."""
+    X = np.asarray(X)
+    if X.ndim == 1:
+        X = X[None, :]
+    if len(X) > _FEATURE_CHUNK:
+        return np.concatenate([gene_features(space, X[i:i + _FEATURE_CHUNK], analytic_block, onehot=onehot,
+                                             analytic=analytic) for i in range(0, len(X), _FEATURE_CHUNK)])
+    Xi = space.canonicalize(X)  # features of the network a row builds, whatever its ignored genes hold
+    parts = []
+    if onehot:
+        parts.append(gene_onehot(space, Xi))
+    if analytic:
+        parts.append(np.asarray(analytic_block(Xi), dtype=np.float32))
+    if not parts:
+        return np.zeros((len(Xi), 0), dtype=np.float32)
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------------- the family
@@ -432,5 +478,5 @@ def parse_arch(text_or_path: str | Mapping[str, Any]) -> dict:
     return load_arch_file(s)
 
 
-__all__ = ["Arch", "CapabilityError", "ConfigFamily", "SearchSpace", "SupernetFamily", "SupernetModule", "gene_onehot",
-           "gene_onehot_names", "load_arch_file", "parse_arch", "resolution_aliases"]
+__all__ = ["Arch", "CapabilityError", "ConfigFamily", "SearchSpace", "SupernetFamily", "SupernetModule", "arch_fields",
+           "gene_features", "gene_onehot", "gene_onehot_names", "load_arch_file", "parse_arch", "resolution_aliases"]

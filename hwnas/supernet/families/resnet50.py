@@ -60,9 +60,9 @@ from hwnas.supernet.family import (
     ConfigFamily,
     SearchSpace,
     SupernetModule,
-    gene_onehot,
+    arch_fields,
+    gene_features,
     gene_onehot_names,
-    resolution_aliases,
 )
 from hwnas.supernet.registry import register_family_kind, register_supernet
 
@@ -70,7 +70,6 @@ Arch = dict  # {"d": list[int], "e": list[float], "w": list[int], "r": int}
 
 BYTES_PER_ELEMENT = 4  # fp32
 _ID_MAX_LEN = 40
-_CHUNK = 32768  # rows per block when featurizing huge populations (bounds temporary memory)
 
 
 def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
@@ -210,15 +209,7 @@ class ResNetSpace(SearchSpace):
     # ------------------------------------------------------------------ validation
     def normalize(self, arch: Mapping[str, Any]) -> Arch:
         """A validated copy of ``arch`` (``{"d", "e", "w", "r"}``) or ``ArchError`` naming the bad field."""
-        if not isinstance(arch, Mapping):
-            raise ArchError(f"arch must be a JSON object with keys d, e, w, r; got {type(arch).__name__}")
-        arch = resolution_aliases(arch, max(self.resolutions))
-        missing = [k for k in ("d", "e", "w") if k not in arch]
-        if missing:
-            raise ArchError(f"arch is missing field(s) {', '.join(missing)}; expected keys d, e, w, r")
-        unknown = sorted(set(arch) - {"d", "e", "w", "r"})
-        if unknown:
-            raise ArchError(f"arch has unknown field(s) {', '.join(map(str, unknown))}; expected keys d, e, w, r")
+        arch = arch_fields(arch, ("d", "e", "w"), max(self.resolutions))
         out: Arch = {}
         widx = list(range(len(self.width_mult_list)))
         for key, n, allowed, what in (
@@ -250,10 +241,6 @@ class ResNetSpace(SearchSpace):
                 vals.append(v)
             out[key] = vals
         r = arch["r"]
-        if isinstance(r, (list, tuple)):
-            if len(r) != 1:
-                raise ArchError(f"arch field 'r' must be one int (or a list of one); got {list(r)}")
-            r = r[0]
         if not _is_int(r):
             raise ArchError(f"arch field 'r' = {r!r} is not an int; allowed: {list(self.resolutions)}")
         if int(r) not in self.resolutions:
@@ -990,31 +977,20 @@ class ResNet50Family(ConfigFamily):
         return int((self._space.vector_upper + 1).sum())
 
     def featurize(self, X: np.ndarray, *, onehot: bool = True, analytic: bool = True) -> np.ndarray:
-        X = np.asarray(X)
-        if X.ndim == 1:
-            X = X[None, :]
-        if len(X) > _CHUNK:
-            return np.concatenate([self.featurize(X[i:i + _CHUNK], onehot=onehot, analytic=analytic)
-                                   for i in range(0, len(X), _CHUNK)])
-        sp = self._space
-        Xi = sp.canonicalize(X)  # features of the network a row builds, whatever its ignored genes hold
-        parts = []
-        if onehot:
-            parts.append(gene_onehot(sp, Xi))
-        if analytic:
-            c = cost_table(self.config).cost_vectors(Xi)
-            a = np.empty((len(Xi), 5 + 2 * sp.n_stages), dtype=np.float32)
-            a[:, 0] = c["macs"] / 1e6
-            a[:, 1] = c["params"] / 1e6
-            a[:, 2] = c["peak_act"] / 1e6
-            a[:, 3] = c["resolution"]
-            a[:, 4] = c["n_blocks"]
-            a[:, 5:5 + sp.n_stages] = c["stage_macs"] / 1e6
-            a[:, 5 + sp.n_stages:] = c["stage_params"] / 1e6
-            parts.append(a)
-        if not parts:
-            return np.zeros((len(Xi), 0), dtype=np.float32)
-        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+        return gene_features(self._space, X, self._analytic_block, onehot=onehot, analytic=analytic)
+
+    def _analytic_block(self, Xi: np.ndarray) -> np.ndarray:
+        ns = self._space.n_stages
+        c = cost_table(self.config).cost_vectors(Xi)
+        a = np.empty((len(Xi), 5 + 2 * ns), dtype=np.float32)
+        a[:, 0] = c["macs"] / 1e6
+        a[:, 1] = c["params"] / 1e6
+        a[:, 2] = c["peak_act"] / 1e6
+        a[:, 3] = c["resolution"]
+        a[:, 4] = c["n_blocks"]
+        a[:, 5:5 + ns] = c["stage_macs"] / 1e6
+        a[:, 5 + ns:] = c["stage_params"] / 1e6
+        return a
 
     # ------------------------------------------------------------------ layout
     def config_dict(self) -> dict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
@@ -38,13 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.errors import ArchError
-from hwnas.supernet.family import (
-    ConfigFamily, SearchSpace, SupernetModule, gene_onehot, gene_onehot_names, resolution_aliases,
-)
+from hwnas.supernet.family import ConfigFamily, SearchSpace, SupernetModule, arch_fields, gene_features, gene_onehot_names
 from hwnas.supernet.registry import register_family_kind, register_supernet
 
 Arch = dict
-_CHUNK = 32768
 
 
 def _conv_out(size: int, k: int = 3, stride: int = 2, pad: int = 1) -> int:
@@ -85,24 +81,10 @@ class ViTSpace(SearchSpace):
 
     # ------------------------------------------------------------------ validation
     def normalize(self, arch: Mapping[str, Any]) -> Arch:
-        keys = "e, d, h, m, r"
-        if not isinstance(arch, Mapping):
-            raise ArchError(f"arch must be a JSON object with keys {keys}; got {type(arch).__name__}")
-        arch = resolution_aliases(arch, max(self.resolutions))
-        missing = [k for k in ("e", "d", "h", "m") if k not in arch]
-        if missing:
-            raise ArchError(f"arch is missing field(s) {', '.join(missing)}; expected keys {keys}")
-        unknown = sorted(set(arch) - {"e", "d", "h", "m", "r"})
-        if unknown:
-            raise ArchError(f"arch has unknown field(s) {', '.join(unknown)}; expected keys {keys}")
-        r = arch["r"]
-        if isinstance(r, (list, tuple)):
-            if len(r) != 1:
-                raise ArchError(f"arch field 'r' must be one int (or a list of one); got {list(r)}")
-            r = r[0]
+        arch = arch_fields(arch, ("e", "d", "h", "m"), max(self.resolutions))
         out: Arch = {}
         for key, allowed, v in (("e", self.embed_list, arch["e"]), ("d", self.depth_list, arch["d"]),
-                                ("r", self.resolutions, r)):
+                                ("r", self.resolutions, arch["r"])):
             if not _is_int(v):
                 raise ArchError(f"arch field '{key}' = {v!r} is not an int; allowed: {list(allowed)}")
             if int(v) not in allowed:
@@ -562,34 +544,13 @@ class ViTFamily(ConfigFamily):
         return int((self._space.vector_upper + 1).sum())
 
     def featurize(self, X: np.ndarray, *, onehot: bool = True, analytic: bool = True) -> np.ndarray:
-        X = np.asarray(X)
-        if X.ndim == 1:
-            X = X[None, :]
-        if len(X) > _CHUNK:
-            return np.concatenate([self.featurize(X[i:i + _CHUNK], onehot=onehot, analytic=analytic)
-                                   for i in range(0, len(X), _CHUNK)])
-        sp = self._space
-        Xi = sp.canonicalize(X)
-        parts = []
-        if onehot:
-            parts.append(gene_onehot(sp, Xi))
-        if analytic:
-            c = cost_table(self.config).cost_vectors(Xi)
-            a = np.empty((len(Xi), len(_ANALYTIC)), dtype=np.float32)
-            a[:, 0] = c["macs"] / 1e6
-            a[:, 1] = c["params"] / 1e6
-            a[:, 2] = c["peak_act"] / 1e6
-            a[:, 3] = c["resolution"]
-            a[:, 4] = c["tokens"]
-            a[:, 5] = c["embed"]
-            a[:, 6] = c["depth"]
-            a[:, 7] = c["attn_macs"] / 1e6
-            a[:, 8] = c["mlp_macs"] / 1e6
-            a[:, 9] = c["softmax_elems"] / 1e3
-            parts.append(a)
-        if not parts:
-            return np.zeros((len(Xi), 0), dtype=np.float32)
-        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+        return gene_features(self._space, X, self._analytic_block, onehot=onehot, analytic=analytic)
+
+    def _analytic_block(self, Xi: np.ndarray) -> np.ndarray:
+        c = cost_table(self.config).cost_vectors(Xi)
+        return np.stack([c["macs"] / 1e6, c["params"] / 1e6, c["peak_act"] / 1e6, c["resolution"], c["tokens"],
+                         c["embed"], c["depth"], c["attn_macs"] / 1e6, c["mlp_macs"] / 1e6,
+                         c["softmax_elems"] / 1e3], axis=1)
 
     def config_dict(self) -> dict:
         return self.config.to_dict()

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from hwnas.errors import ArchError
-from hwnas.supernet.family import SearchSpace, resolution_aliases
+from hwnas.supernet.family import SearchSpace, arch_fields
 
 Arch = dict  # {"ks": list[int], "e": list[int], "d": list[int], "r": int}
 
@@ -42,20 +42,8 @@ class ArchSpace(SearchSpace):
     # ------------------------------------------------------------------ validation
     def normalize(self, arch: Mapping[str, Any]) -> Arch:
         """Return a canonical copy of ``arch`` or raise ``ArchError`` naming the bad field."""
-        if not isinstance(arch, Mapping):
-            raise ArchError(f"arch must be a JSON object with keys ks, e, d, r; got {type(arch).__name__}")
-        arch = resolution_aliases(arch, max(self.resolutions))  # OFA's archs often omit it
-        missing = [k for k in ("ks", "e", "d") if k not in arch]
-        if missing:
-            raise ArchError(f"arch is missing field(s) {', '.join(missing)}; expected keys ks, e, d, r")
-        unknown = sorted(set(arch) - {"ks", "e", "d", "r", "wid"})
-        if unknown:
-            raise ArchError(f"arch has unknown field(s) {', '.join(unknown)}; expected keys ks, e, d, r")
+        arch = arch_fields(arch, ("ks", "e", "d"), max(self.resolutions), optional=("wid",))  # OFA may omit r
         r = arch["r"]
-        if isinstance(r, (list, tuple)):
-            if len(r) != 1:
-                raise ArchError(f"arch field 'r' must be one int (or a list of one); got {list(r)}")
-            r = r[0]
         out: Arch = {}
         for key, n, allowed in (
             ("ks", self.n_blocks, self.ks_list),
