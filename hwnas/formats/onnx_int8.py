@@ -496,7 +496,7 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
 
     ``mode``: ``"static"`` (QDQ with calibrated activation scales, :func:`quantize_qdq`) or ``"dynamic"``
     (int8 MatMul/Gemm, activation scales at run time, :func:`quantize_dynamic_int8`; no calibration
-    images); ``None``: the family's preferred scheme (the first of its ``int8_modes``).
+    images); ``None``: the family's preferred scheme (the first of its ``int8_modes``; static for TensorRT).
 
     ``exclude``: node groups/op types/node names kept in FP32 (``None``: quantize everything, and if
     top-1 agreement with FP32 falls below ``min_agreement`` retry with the family's ``int8_fallback_excludes`` before
@@ -522,7 +522,8 @@ def export_onnx_int8(arch: Mapping[str, Any], out: str | Path, supernet: str, we
         spec8 = resolve_device(dev, batch, "int8")
     say("extracting the subnet and recalibrating BN")
     net, a, sub, recal = prepare(supernet, weights, arch, calibration)
-    mode = (net.family.int8_modes or ("static",))[0] if mode is None else mode
+    if mode is None:  # the family's preference; TensorRT builds from Q/DQ models only
+        mode = (net.family.int8_modes or ("static",))[0] if target == "ort" else "static"
     if mode not in ("static", "dynamic"):
         raise ExportError(f"INT8 mode {mode!r} is not one of static, dynamic")
     if mode == "dynamic" and target != "ort":

@@ -79,3 +79,14 @@ def test_best_engine_with_dynamic_int8_is_gated_and_written(tmp_path, net):
         assert m["quantization"]["format"] == "dynamic" and m["quantization"]["calibration_images"] == 0
         ops = ort_optimized_ops(tmp_path / "e.onnx")
         assert ops.get("MatMulIntegerToFloat", 0) + ops.get("DynamicQuantizeMatMul", 0) > 0, ops
+
+
+def test_onnx_int8_follows_the_family_and_tensorrt_gets_qdq(tmp_path, net):
+    from hwnas.formats.onnx_int8 import export_onnx_int8
+
+    arch = net.space.min_arch()
+    dyn = export_onnx_int8(arch, tmp_path / "d.int8.onnx", FAMILY, measure=False, min_agreement=0.0)
+    assert dyn["quantization"]["format"] == "dynamic"  # the family's preferred scheme
+    trt = export_onnx_int8(arch, tmp_path / "t.int8.onnx", FAMILY, measure=False, min_agreement=0.0,
+                           target="tensorrt", calib_images=64)
+    assert trt["quantization"]["format"] == "QDQ" and trt["quantization"]["target"] == "tensorrt"
