@@ -123,6 +123,10 @@ class SearchJobResult(_Result):
     accuracy_predictor: dict
     n_predicted: int = 0
     wall_s: float = 0.0
+    # the answer's fresh confirmation (new session, anchored, longer timing) and its 95% interval
+    confirmed_latency_ms: float | None = None
+    confirmed_ci95_ms: tuple | None = None
+    confirmed_within_budget: bool | None = None
     result: Any = field(default=None, repr=False, compare=False)  # the full ``SearchResult``
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,10 +170,12 @@ def create_supernet(name: Any = "mbv3_fmnist", weights: str | Path | None = None
     return _create(name, weights=weights, pretrained=pretrained)
 
 
-def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path, batch: int = 1):
+def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path, batch: int = 1, optimize: bool = True):
     """``build_model`` for ``profile_archs``: extract each arch (no recalibration: latency does not
-    depend on normalization statistics); export it to static-shape ONNX unless the backend is torch."""
-    from hwnas.formats.onnx_export import export_onnx
+    depend on normalization statistics); unless the backend is torch, export it to static-shape ONNX
+    through the pipeline ``hwnas export`` ships (torch.onnx, then onnxslim with ``optimize``), so the
+    latency measured is that of the file export writes."""
+    from hwnas.formats.common import build_fp32_onnx
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +186,7 @@ def supernet_model_builder(supernet: Any, backend: str, workdir: str | Path, bat
         if backend.startswith("torch"):
             return sub, (batch, *shape)
         path = workdir / f"{supernet.space.arch_id(arch)}.onnx"
-        export_onnx(sub, path, shape, batch=batch)
+        build_fp32_onnx(sub, path, shape, batch, False, optimize)
         return path, None
 
     return build
@@ -372,7 +378,9 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
     from hwnas.predictors.artifacts import load_predictor
     from hwnas.predictors.jobs import fit_job, load_latency_data
     from hwnas.archsearch.loop import closed_loop_search
-    from hwnas.archsearch.measure import device_measure
+    from hwnas.archsearch.measure import device_confirm, device_measure
+    from hwnas.devices.backends import get_backend_class
+    from hwnas.devices.backends.base import LocalBackend
     from hwnas.archsearch.output import format_table, write_outputs
     from hwnas.archsearch.units import parse_latency
 
@@ -471,6 +479,10 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
             measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmpdir / "models",
                                                                       batch=spec.batch),
                                      fam.name, net.space, anchor=anchor_of(fam))
+            confirm = None
+            if issubclass(get_backend_class(spec.backend), LocalBackend):  # a fresh session, against the calibration
+                confirm = device_confirm(st, spec, supernet_model_builder(net, spec.backend, tmpdir / "confirm",
+                                                                          batch=spec.batch), anchor_of(fam))
             prior = lat_pred
 
             def refit(rows: Sequence[Mapping[str, Any]]):
@@ -487,7 +499,7 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
             result = closed_loop_search(
                 net.space, acc_pred.predict, lat_pred.predict, refit, measure, budget_ms, rounds=rounds, seed=seed,
                 pop_size=SEARCH_POP_SIZE, time_s=SEARCH_TIME_S, refine_time_s=REFINE_TIME_S,
-                evaluate_accuracy=evaluate_fn, supernet=fam.name, device=spec.name)
+                evaluate_accuracy=evaluate_fn, confirm=confirm, supernet=fam.name, device=spec.name)
         fitted = (tmpdir / "latency.json").read_bytes() if lat_fit is not None else None
     files = write_outputs(result, Path(out))
     if predictors_dir is not None and fitted is not None:  # keep the latency predictor fitted for this search
@@ -503,7 +515,9 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
         accuracy_evaluated=b.evaluated_accuracy is not None,
         budget_ms=float(budget_ms), device=spec.name, supernet=fam.name, files=files,
         latency_predictor=lat_info, accuracy_predictor=_describe_predictor(acc_pred, str(accuracy_predictor), acc_fit),
-        n_predicted=int(result.predictor_evals), wall_s=float(result.wall_s), result=result)
+        n_predicted=int(result.predictor_evals), wall_s=float(result.wall_s),
+        confirmed_latency_ms=b.confirmed_latency_ms, confirmed_ci95_ms=b.confirmed_ci_ms,
+        confirmed_within_budget=result.confirmed_within_budget, result=result)
 
 
 # ---------------------------------------------------------------------------------- 3. export
@@ -532,6 +546,28 @@ def export(arch: Any, out: str | Path, *, supernet: Any = "mbv3_fmnist", weights
                       device=device, calibration=calibration, time_cap_s=time_cap_s, progress=progress, **options)
     return ExportResult(path=m["path"], manifest_path=m["manifest"], format=m["format"], precision=m["precision"],
                         arch_id=m["arch_id"], manifest=m)
+
+
+def measure_file_anchored(path: str | Path, device: Any, supernet: Any, store: str | Path, *,
+                          seconds: float = 1.0) -> dict:
+    """An exported ONNX file of ``supernet`` timed on ``device`` on the store's anchored scale (new
+    sessions; the family's anchor built as the profiles built it; ``seconds`` of timed block pairs).
+    Returns the measurement as a dict, with ``scale`` and ``how``."""
+    import tempfile
+
+    from hwnas.devices import Store
+    from hwnas.devices.profile import as_spec, measure_anchored
+    from hwnas.devices.protocol import SCALES, ProtocolSettings
+
+    spec = as_spec(device)
+    net = create_supernet(supernet)
+    s = ProtocolSettings.from_mapping(spec.protocol)
+    s = s.replace(min_timed_s=max(s.min_timed_s, seconds), time_cap_s=max(s.time_cap_s, 2 * seconds))
+    aid, aarch = anchor_of(net.family)
+    with tempfile.TemporaryDirectory(prefix="hwnas-anchor-") as tmp, Store(store) as st:
+        amodel, ashape = supernet_model_builder(net, spec.backend, tmp, batch=spec.batch)(aarch)
+        m = measure_anchored(st, spec, str(path), (aid, amodel), anchor_shape=ashape, settings=s)
+    return {**m.to_dict(), "how": SCALES[m.scale], "file": str(path), "device": spec.name}
 
 
 # ---------------------------------------------------------------------------------- the main job
@@ -588,7 +624,16 @@ def run(out: str | Path = "hwnas-out", *, device: Any = DEFAULT_DEVICE, supernet
     eng = export(found.best_arch, exp_dir / "best.engine.onnx", supernet=supernet, format="best",
                  command="hwnas run", device=_cpu_reference(device, say), fp32_out=exp_dir / "best.onnx").manifest
     timings["export_s"] = time.perf_counter() - t
+    shipped = None
+    from hwnas.devices.backends import get_backend_class
+    from hwnas.devices.backends.base import LocalBackend
+    from hwnas.devices.profile import as_spec
+
+    if issubclass(get_backend_class(as_spec(device).backend), LocalBackend):
+        say(f"      timing the shipped {exp_dir / 'best.onnx'} on {prof.device}, anchored like the profile")
+        shipped = measure_file_anchored(exp_dir / "best.onnx", device, supernet, store)
     timings["total_s"] = time.perf_counter() - t0
+    r = found.result
     m = found.latency_predictor.get("metrics") or {}
     sel = eng["selection"]
     summary = {
@@ -597,7 +642,14 @@ def run(out: str | Path = "hwnas-out", *, device: Any = DEFAULT_DEVICE, supernet
         "budget_ms": found.budget_ms,
         "best": {"arch_id": found.best_arch_id, "measured_latency_ms": found.measured_latency_ms,
                  "predicted_latency_ms": found.predicted_latency_ms, "val_top1": found.accuracy,
-                 "predicted_top1": found.result.best.predicted_accuracy},
+                 "predicted_top1": r.best.predicted_accuracy,
+                 "confirmed_latency_ms": r.best.confirmed_latency_ms,
+                 "confirmed_ci95_ms": list(r.best.confirmed_ci_ms) if r.best.confirmed_ci_ms else None,
+                 "confirmed_within_budget": r.confirmed_within_budget,
+                 "shipped_onnx": ({"file": shipped["file"], "median_ms": shipped["median_ms"],
+                                   "ci95_ms": [shipped["ci_low_ms"], shipped["ci_high_ms"]], "scale": shipped["scale"],
+                                   "how": shipped["how"]} if shipped else None),
+                 "scale": "anchored (see PROTOCOL.md): the profile's calibrated anchor x block ratio"},
         "latency_predictor": {"n_train": found.latency_predictor.get("n_train"),
                               "n_test": found.latency_predictor.get("n_test"), **m},
         # every candidate is timed paired with ORT FP32, side by side; in ms its speed-up is applied to the

@@ -24,7 +24,7 @@ from hwnas.archsearch.loop import (
     SearchResult,
     closed_loop_search,
 )
-from hwnas.archsearch.measure import device_measure
+from hwnas.archsearch.measure import device_confirm, device_measure
 from hwnas.archsearch.output import best_arch_dict, format_table, plot_front, write_outputs
 from hwnas.archsearch.problem import (
     CanonicalRepair,
@@ -58,6 +58,7 @@ __all__ = [
     "canonicalize",
     "closed_loop_search",
     "decode_rows",
+    "device_confirm",
     "device_measure",
     "encode_archs",
     "evolution_search",

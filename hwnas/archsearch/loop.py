@@ -27,6 +27,8 @@ MeasureFn = Callable[[list[dict]], Sequence[float]]
 RefitFn = Callable[[list[dict]], VectorFn]
 # evaluate_accuracy(archs) -> one accuracy per arch, same scale as predict_accuracy
 AccuracyFn = Callable[[list[dict]], Sequence[float]]
+# confirm(arch) -> (latency ms, 95% interval low, high): a fresh measurement of a candidate answer
+ConfirmFn = Callable[[dict], Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class MeasuredPoint:
     round: int  # 0: the fastest-arch check before the first round
     reason: str  # "fastest" | "refined" | "near-budget" | "spread" | "fill"
     evaluated_accuracy: float | None = None
+    # the final fresh measurement of a candidate for the answer (``confirm``): latency and its 95% interval
+    confirmed_latency_ms: float | None = None
+    confirmed_ci_ms: tuple[float, float] | None = None
 
     @property
     def accuracy(self) -> float:
@@ -125,6 +130,10 @@ class SearchResult:
     predictor_evals: int
     evals_per_s: float  # predictor evaluations per second of search time (NSGA-II and refinement)
     settings: dict = field(default_factory=dict)
+    # the answer's fresh confirmation (``confirm``): each arch tried, in order, and whether the answer's
+    # interval lies within the budget at its upper end
+    confirmations: tuple[dict, ...] = ()
+    confirmed_within_budget: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +153,8 @@ class SearchResult:
             "predictor_evals": self.predictor_evals,
             "evals_per_s": self.evals_per_s,
             "settings": dict(self.settings),
+            "confirmations": [dict(c) for c in self.confirmations],
+            "confirmed_within_budget": self.confirmed_within_budget,
         }
 
 
@@ -253,6 +264,8 @@ def closed_loop_search(
     extra_objectives: Mapping[str, VectorFn] | None = None,
     evaluate_accuracy: AccuracyFn | None = None,
     n_evaluate: int = 5,
+    confirm: ConfirmFn | None = None,
+    n_confirm: int = 6,
     seed: int = 0,
     crossover: str = "uniform",
     supernet: str | None = None,
@@ -272,6 +285,12 @@ def closed_loop_search(
     pessimistic); the final choice uses measured latency against the exact budget.  With
     ``evaluate_accuracy`` the ``n_evaluate`` most promising within-budget archs are evaluated and
     the best evaluated accuracy wins.
+
+    With ``confirm(arch) -> (latency, ci_low, ci_high)`` (a fresh measurement: a new runtime session,
+    longer timing) the answer is confirmed before it is returned: the candidates, best first, are
+    confirmed in turn (at most ``n_confirm``) until one's interval lies within the budget at its upper
+    end; if none does, the answer is the candidate with the lowest upper end and
+    ``confirmed_within_budget`` is False.
 
     Sizing, per round: NSGA-II runs ``n_gen`` generations of ``pop_size`` (default 40), or with
     ``time_s`` as many as fit in ``time_s`` seconds (capped at ``n_gen`` if given too).  Then, with
@@ -430,9 +449,28 @@ def closed_loop_search(
             measured[p.arch_id] = MeasuredPoint(**{**asdict(p), "evaluated_accuracy": float(v)})
         source = "evaluated"
         cands = [measured[p.arch_id] for p in ok]
-        best = max(cands, key=lambda p: (p.evaluated_accuracy, -p.measured_latency_ms))
+        ranked = sorted(cands, key=lambda p: (-(p.evaluated_accuracy or 0.0), p.measured_latency_ms))
     else:
-        best = best_so_far()
+        ranked = sorted((p for p in measured.values() if p.measured_latency_ms <= budget),
+                        key=lambda p: (-p.accuracy, p.measured_latency_ms))
+    best = ranked[0]
+    confirmations: list[dict] = []
+    confirmed_ok: bool | None = None
+    if confirm is not None:
+        emit(SearchEvent("confirm", rounds, rounds, "confirming the answer in a fresh measurement"))
+        tried: list[MeasuredPoint] = []
+        for p in ranked[: max(1, int(n_confirm))]:
+            lat, lo, hi = (float(v) for v in confirm(p.arch))
+            q = MeasuredPoint(**{**asdict(p), "confirmed_latency_ms": lat, "confirmed_ci_ms": (lo, hi)})
+            measured[p.arch_id] = q
+            tried.append(q)
+            confirmations.append({"arch_id": p.arch_id, "latency_ms": lat, "ci_low_ms": lo, "ci_high_ms": hi,
+                                  "search_latency_ms": p.measured_latency_ms, "within_budget": hi <= budget})
+            if hi <= budget:
+                break
+        ok_tried = [q for q in tried if q.confirmed_ci_ms[1] <= budget]  # type: ignore[index]
+        confirmed_ok = bool(ok_tried)
+        best = ok_tried[0] if ok_tried else min(tried, key=lambda q: q.confirmed_ci_ms[1])  # type: ignore[index]
 
     assert front is not None
     names = front.objective_names
@@ -446,7 +484,9 @@ def closed_loop_search(
             m.measured_latency_ms if m else None,
         ))  # fmt: skip
     wall = time.perf_counter() - t_start
-    emit(SearchEvent("done", rounds, rounds, f"chose {best.arch_id}: {best.measured_latency_ms:.4g} ms measured"))
+    lat_note = (f"{best.confirmed_latency_ms:.4g} ms confirmed" if best.confirmed_latency_ms is not None
+                else f"{best.measured_latency_ms:.4g} ms measured")
+    emit(SearchEvent("done", rounds, rounds, f"chose {best.arch_id}: {lat_note}"))
     return SearchResult(
         supernet=supernet, device=device, budget_ms=budget, best=best, accuracy_source=source, fastest_ms=fast_ms,
         front=tuple(fpoints), measured=tuple(sorted(measured.values(), key=lambda p: (p.round, p.measured_latency_ms))),
@@ -457,12 +497,15 @@ def closed_loop_search(
             "refine_evals": refine_evals, "refine_time_s": refine_time_s, "n_verify": n_verify, "n_spread": n_spread,
             "band": list(band), "constraint_slack": constraint_slack, "seed": seed, "crossover": crossover,
             "n_evaluate": n_evaluate if evaluate_accuracy is not None else None,
+            "n_confirm": n_confirm if confirm is not None else None,
         },
+        confirmations=tuple(confirmations), confirmed_within_budget=confirmed_ok,
     )  # fmt: skip
 
 
 __all__ = [
     "AccuracyFn",
+    "ConfirmFn",
     "FrontPoint",
     "MeasureFn",
     "MeasuredPoint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from hwnas.archsearch.loop import MeasureFn
@@ -49,4 +50,43 @@ def device_measure(
     return measure
 
 
-__all__ = ["device_measure"]
+CONFIRM_TIMED_S = 1.0  # timed phase of a confirmation: about 5x a profiling measurement, for a tight interval
+
+
+def device_confirm(
+    store: Any,
+    spec: Any,
+    build_model: Callable[[dict], tuple[Any, Any]],
+    anchor: tuple[str, dict],
+    *,
+    settings: Any = None,
+) -> Callable[[dict], tuple[float, float, float]]:
+    """A ``confirm(arch) -> (latency, ci_low, ci_high)`` for ``closed_loop_search``: the arch's model is
+    built again and loaded in a new runtime session, then timed anchored against the store's
+    calibration for ``CONFIRM_TIMED_S`` (the 95% interval is that of the median block ratio, times the
+    calibration), so the answer does not rest on the one measurement that picked it."""
+    from hwnas.devices import load_device
+    from hwnas.devices.profile import measure_anchored
+    from hwnas.devices.protocol import ProtocolSettings
+    from hwnas.devices.spec import DeviceSpec
+
+    spec = spec if isinstance(spec, DeviceSpec) else load_device(spec)
+    s = settings or ProtocolSettings.from_mapping(spec.protocol)
+    s = s.replace(min_timed_s=max(s.min_timed_s, CONFIRM_TIMED_S), time_cap_s=max(s.time_cap_s, 2 * CONFIRM_TIMED_S))
+
+    def confirm(arch: dict) -> tuple[float, float, float]:
+        amodel, ashape = build_model(anchor[1])
+        model, shape = build_model(arch)
+        try:
+            m = measure_anchored(store, spec, model, (anchor[0], amodel), input_shape=shape, anchor_shape=ashape,
+                                 settings=s)
+        finally:
+            for f in (amodel, model):
+                if isinstance(f, (str, Path)):
+                    Path(f).unlink(missing_ok=True)
+        return float(m.median_ms), float(m.ci_low_ms), float(m.ci_high_ms)
+
+    return confirm
+
+
+__all__ = ["device_confirm", "device_measure"]

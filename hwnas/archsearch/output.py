@@ -40,6 +40,10 @@ def best_arch_dict(result: SearchResult) -> dict[str, Any]:
         "predicted_accuracy": b.predicted_accuracy,
         "evaluated_accuracy": b.evaluated_accuracy,
         "accuracy_source": result.accuracy_source,
+        "confirmed_latency_ms": b.confirmed_latency_ms,
+        "confirmed_ci95_ms": list(b.confirmed_ci_ms) if b.confirmed_ci_ms else None,
+        "confirmed_within_budget": result.confirmed_within_budget,
+        "latency_scale": "anchored (hwnas/devices/PROTOCOL.md)",
     }
 
 
@@ -141,6 +145,14 @@ def format_table(result: SearchResult, max_rows: int = 12) -> str:
         f"fastest subnet measured {result.fastest_ms:.4g} ms",
         f"chosen  {b.arch_id}: measured {b.measured_latency_ms:.4g} ms (predicted {b.predicted_latency_ms:.4g} ms), "
         f"accuracy {b.accuracy * scale:.2f}{acc_unit} ({result.accuracy_source})",
+    ]
+    if b.confirmed_ci_ms is not None:
+        lo, hi = b.confirmed_ci_ms
+        verdict = ("within the budget at its upper end" if result.confirmed_within_budget
+                   else "NOT within the budget at its upper end: no candidate was")
+        lines.append(f"confirmed {b.confirmed_latency_ms:.4g} ms, 95% interval {lo:.4g}-{hi:.4g} ms, in a fresh session "
+                     f"({verdict}; {len(result.confirmations)} tried)")
+    lines += [
         "",
         f"{'arch_id':<42} {'round':>5} {'pred ms':>9} {'meas ms':>9} {'acc' + acc_unit:>7}    ok",
     ]

@@ -154,7 +154,7 @@ def profile_cmd(
         def human1(r):
             m = r["measurement"]
             typer.echo(f"{r['model']} on {r['device']}: median {m['median_ms']:.3f} ms, p90 {m['p90_ms']:.3f} ms, "
-                       f"IQR {m['iqr_ms']:.3f} ms, n={m['n']}, CV {m['cv']:.3f} (raw timing of this file, no anchor)")
+                       f"IQR {m['iqr_ms']:.3f} ms, n={m['n']}, CV {m['cv']:.3f} ({m.get('scale') or 'isolated'} scale: this file alone, lower quartile of its 30-run window medians)")
 
         emit(res1, json_, human1)
         return
@@ -303,9 +303,17 @@ def search_cmd(
     emit({"best": r.best.to_dict(), "budget_ms": res.budget_ms, "files": res.files,
           "latency_predictor": res.latency_predictor, "accuracy_predictor": res.accuracy_predictor,
           "archs_predicted": res.n_predicted, "wall_s": r.wall_s, "evals_per_s": r.evals_per_s},
-         json_, lambda d: typer.echo(f"best: {r.best.arch_id}, measured {r.best.measured_latency_ms:.3f} ms "
-                                     f"(budget {res.budget_ms:.3f} ms, anchored timing on {res.device}); "
-                                     f"{res.n_predicted} archs predicted; files in {out}"))
+         json_, lambda d: typer.echo(f"best: {r.best.arch_id}, {_latency_note(r.best)} (budget {res.budget_ms:.3f} ms, "
+                                     f"anchored timing on {res.device}); {res.n_predicted} archs predicted; "
+                                     f"files in {out}"))
+
+
+def _latency_note(best) -> str:
+    if best.confirmed_ci_ms is None:
+        return f"measured {best.measured_latency_ms:.3f} ms"
+    lo, hi = best.confirmed_ci_ms
+    return (f"{best.confirmed_latency_ms:.3f} ms confirmed in a fresh session (95% interval {lo:.3f}-{hi:.3f} ms; "
+            f"the search measured {best.measured_latency_ms:.3f} ms)")
 
 
 @app.command("run")
@@ -335,7 +343,16 @@ def run_cmd(
         typer.echo("")
         typer.echo(f"budget        {s['budget_ms']:.3f} ms on {s['device']}")
         typer.echo(f"chosen        {b['arch_id']}")
-        typer.echo(f"measured      {b['measured_latency_ms']:.3f} ms median (predicted {b['predicted_latency_ms']:.3f})")
+        typer.echo(f"measured      {b['measured_latency_ms']:.3f} ms in the search (predicted {b['predicted_latency_ms']:.3f}; "
+                   "anchored scale)")
+        if b.get("confirmed_ci95_ms"):
+            lo, hi = b["confirmed_ci95_ms"]
+            typer.echo(f"confirmed     {b['confirmed_latency_ms']:.3f} ms, 95% interval {lo:.3f}-{hi:.3f} ms (fresh session, "
+                       f"{'within' if b['confirmed_within_budget'] else 'NOT within'} budget at the upper end)")
+        if b.get("shipped_onnx"):
+            sh = b["shipped_onnx"]
+            typer.echo(f"shipped file  {sh['median_ms']:.3f} ms, 95% interval {sh['ci95_ms'][0]:.3f}-{sh['ci95_ms'][1]:.3f} ms "
+                       f"({sh['file']}, anchored scale)")
         typer.echo(f"val top-1     {100 * b['val_top1']:.2f}% (predicted {100 * b['predicted_top1']:.2f}%)")
         typer.echo(f"engine        {e['winner']} ({e['reason']})")
         typer.echo("candidates    timed paired with ort-fp32, side by side; latency = the chosen subnet's anchored "

@@ -13,6 +13,7 @@ import numpy as np
 
 from hwnas.devices.backends import create_backend, fingerprint_for, get_backend_class, runtime_config
 from hwnas.devices.backends.base import LocalBackend
+from hwnas.devices.calibration import BURST_S, START_S, AnchorCalibration, settle
 from hwnas.devices.modelfile import check_model_file, is_openvino_ir
 from hwnas.devices.protocol import Measurement, ProtocolSettings
 from hwnas.devices.spec import DeviceSpec, load_device
@@ -64,29 +65,11 @@ def visit_settings(s: ProtocolSettings, r: int) -> ProtocolSettings:
 
 
 ANCHOR_META = "anchor_ms"
-CALIBRATION_S = 2.0  # seconds the anchor is timed alone to calibrate it
 
 
-def _anchor_key(fp_hash: str, rc: str, spec: DeviceSpec, anchor_id: str) -> str:
+def anchor_key(fp_hash: str, rc: str, spec: DeviceSpec, anchor_id: str) -> str:
+    """The store ``meta`` key of the anchor's calibration for one device key."""
     return f"{ANCHOR_META}|{fp_hash}|{rc}|{spec.batch}|{spec.precision}|{anchor_id}"
-
-
-def anchor_latency(store: Store, fp_hash: str, rc: str, spec: DeviceSpec, anchor_id: str, runner: Any,
-                   settings: ProtocolSettings) -> float:
-    """The anchor's calibrated latency (ms) for this store and device key: read from the store, or
-    measured now (alone, windowed over ``CALIBRATION_S`` seconds, lower quartile of 30-run window
-    medians) and saved, so every row of the key is scaled by the same number."""
-    key = _anchor_key(fp_hash, rc, spec, anchor_id)
-    got = store.get_meta(key)
-    if got is not None:
-        return float(got)
-    cap = max(settings.time_cap_s, CALIBRATION_S)
-    cal = replace(settings, anchored=0, rounds=1, time_cap_s=cap, windows=max(settings.windows, 3),
-                  min_timed_s=min(CALIBRATION_S, cap), window_quantile=0.25)
-    m = runner.measure(cal)
-    # another process profiling into this store may have calibrated meanwhile: the first value stored
-    # is the one every row of the key is scaled by, whichever process measures it
-    return float(store.claim_meta(key, repr(float(m.median_ms))))
 
 
 def combine_rounds(visits: Sequence[Measurement]) -> Measurement:
@@ -134,9 +117,11 @@ def profile_archs(
     is reported in ``failed`` and the job goes on.
 
     ``anchor`` = ``(anchor_id, arch)``: a reference arch built with ``build_model`` too.  For local
-    backends with ``settings.anchored`` every model is timed interleaved with it (anchored timing, see
-    ``run_protocol``); the anchor's own latency is calibrated once per store, fingerprint, runtime
-    config, batch and precision (``anchor_latency``) and every row of that key is scaled by it.
+    backends with ``settings.anchored`` every model is timed in blocks alternating with it (anchored
+    timing, see ``run_protocol``).  The anchor's own latency is timed alone in bursts spread through
+    the run (``hwnas.devices.calibration``): the first run of a store's device key (fingerprint,
+    runtime config, batch, precision) calibrates it, later runs check it for drift, and every row of
+    the key is on the one calibration stored (``summary["calibration"]`` says what the check did).
 
     Returns a summary: counts, ``wall_s`` (the whole job), ``timed_s`` (inside timed inferences),
     ``overhead`` (= wall / timed) and ``subnets_per_min``.
@@ -168,6 +153,9 @@ def profile_archs(
 
     anchor_runner: Any = None
     anchor_ms: float | None = None
+    calib: AnchorCalibration | None = None
+    stored_cal: float | None = None
+    outcome: Any = None
     outer = ExitStack()
 
     def open_backend(stack: ExitStack, arch: Arch) -> Any:
@@ -180,8 +168,8 @@ def profile_archs(
     use_anchor = anchor is not None and bool(s.anchored) and issubclass(get_backend_class(spec.backend), LocalBackend)
 
     def start_anchor() -> None:
-        """Load the anchor and read (or make) its calibration; done once, before the first chunk."""
-        nonlocal anchor_runner, anchor_ms
+        """Load the anchor and start its calibration; done once, before the first chunk."""
+        nonlocal anchor_runner, anchor_ms, calib, stored_cal
         assert anchor is not None
         aid, aarch = anchor
         try:
@@ -190,7 +178,8 @@ def profile_archs(
             raise
         except HwnasError as exc:
             raise ProfileError(f"the anchor arch {aid} cannot be built or loaded: {exc}") from None
-        if store.get_meta(_anchor_key(fp.fp_hash, rc, spec, aid)) is None:
+        got = store.get_meta(anchor_key(fp.fp_hash, rc, spec, aid))
+        if got is None:
             old = [r for r in store.measurements(fp_hash=fp.fp_hash, supernet=supernet_name)
                    if r["runtime_config"] == rc and r["batch"] == spec.batch and r["precision"] == spec.precision]
             if old:
@@ -199,7 +188,12 @@ def profile_archs(
                     "measured without anchored timing (an older hwnas, or anchored = 0); mixing the two would put "
                     "them on different scales: profile into a new store, or set anchored = 0 in the spec's "
                     "[protocol] table to go on without the anchor")
-        anchor_ms = anchor_latency(store, fp.fp_hash, rc, spec, aid, anchor_runner, s)
+        calib = AnchorCalibration(anchor_runner, s.seed)
+        calib.burst(START_S if got is not None else 2 * START_S)
+        # rows are written with the stored calibration, or (first run of this key) the start burst's
+        # estimate until the run's own estimate is settled at its end
+        stored_cal = float(got) if got is not None else None
+        anchor_ms = stored_cal if stored_cal is not None else calib.estimate()
 
     def run_chunk(group: list[tuple[int, str, Arch]]) -> None:
         if use_anchor and anchor_runner is None:
@@ -251,6 +245,8 @@ def profile_archs(
                             del visits[arch_id]
                             continue
                         visits[arch_id][r] = m
+                        if calib is not None and calib.due():
+                            calib.burst(BURST_S)
                         if rounds > 1 and len(visits[arch_id]) < rounds:
                             store.add_visit(fp.fp_hash, rc, arch_id, r, m, batch=spec.batch, precision=spec.precision)
                     if len(visits[arch_id]) >= rounds:  # its last visit: the row is written at once
@@ -270,6 +266,11 @@ def profile_archs(
                 pending = []
         if pending:
             run_chunk(pending)
+        if calib is not None and anchor is not None:
+            calib.finish()
+            outcome = settle(store, anchor_key(fp.fp_hash, rc, spec, anchor[0]), calib,
+                             (fp.fp_hash, rc, spec.batch, spec.precision), stored_cal, f"device {spec.name!r}")
+            anchor_ms = outcome.anchor_ms
     wall = time.perf_counter() - t0
     return {
         "device": spec.name,
@@ -289,6 +290,8 @@ def profile_archs(
         "subnets_per_min": measured / wall * 60 if wall > 0 and measured else 0.0,
         "settings": s.to_dict(),
         "anchor": {"arch_id": anchor[0], "anchor_ms": anchor_ms} if anchor is not None and anchor_ms else None,
+        "calibration": outcome.to_dict() if outcome is not None else None,
+        "warnings": [outcome.message] if outcome is not None and outcome.message else [],
     }
 
 
@@ -356,6 +359,32 @@ def profile_onnx_file(
     return out
 
 
+def measure_anchored(store: Store, spec: DeviceSpec | str, model: Any, anchor: tuple[str, Any], *,
+                     input_shape: Sequence[int] | None = None, anchor_shape: Sequence[int] | None = None,
+                     settings: ProtocolSettings | None = None) -> Measurement:
+    """One model (an ONNX path, or a module on torch backends) timed anchored, in new runtime sessions,
+    against the calibration ``store`` holds for ``spec`` and the anchor ``(anchor_id, anchor model)``:
+    the same scale as the store's rows.  Without a calibration in the store the anchor is calibrated
+    here (``MIN_CALIBRATION_S`` of bursts) and nothing is written."""
+    from hwnas.devices.calibration import MIN_CALIBRATION_S
+
+    spec = as_spec(spec)
+    require_available(spec)
+    if not issubclass(get_backend_class(spec.backend), LocalBackend):
+        raise ProfileError(f"anchored timing needs a local backend; device {spec.name!r} is {spec.backend!r}")
+    s = settings or ProtocolSettings.from_mapping(spec.protocol)
+    with create_backend(spec, model=anchor[1], input_shape=anchor_shape) as a, \
+            create_backend(spec, model=model, input_shape=input_shape) as b:
+        got = store.get_meta(anchor_key(fingerprint_for(spec).fp_hash, runtime_config(spec), spec, anchor[0]))
+        if got is None:
+            cal = AnchorCalibration(a, s.seed)
+            cal.burst(MIN_CALIBRATION_S)
+            anchor_ms = cal.estimate()
+        else:
+            anchor_ms = float(got)
+        return b.measure(s.replace(anchored=1), anchor=a, anchor_ms=anchor_ms)
+
+
 def stratified_sample(
     space: Any,
     n: int,
@@ -399,6 +428,6 @@ def stratified_sample(
     return list(chosen.items())
 
 
-__all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "ProtocolSettings", "anchor_latency", "as_spec", "combine_rounds",
-           "file_arch_id", "profile_archs", "profile_onnx_file", "require_available", "stratified_sample",
+__all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "ProtocolSettings", "anchor_key", "as_spec", "combine_rounds",
+           "file_arch_id", "measure_anchored", "profile_archs", "profile_onnx_file", "require_available", "stratified_sample",
            "visit_settings"]

@@ -9,9 +9,12 @@
    window medians, so bursts of interference lasting tens of milliseconds do not move it.  With
    ``windows == 1`` and ``min_timed_s == 0``: the classic rule, runs until the distribution-free 95%
    confidence interval of the median lies within ``rel_ci`` (1%) of the median.
-4. Anchored timing (``anchor`` given, as profiling jobs do): every inference is followed by one of a
-   fixed reference model, and the latency is the anchor's calibrated latency times the median
-   model/anchor ratio, which cancels slowdowns that hit both.
+4. Anchored timing (``anchor`` given, as profiling jobs do): the model and a fixed reference model
+   (the anchor) take turns in short blocks (``anchor_block_ms`` of runs each, the first run of a block
+   not counted), and the latency is the anchor's calibrated latency times the median of the
+   model/anchor ratios of adjacent blocks, which cancels slowdowns that hit both.  Blocks, rather
+   than one anchor inference after every model inference, keep each model's caches its own: per
+   inference, the anchor's cache misses depended on the model before it (up to +-13% by model size).
 5. Robust statistics: median, p90, IQR, plus mean/std/CV for reference. Garbage collection is off
    while timing.  ``rounds`` is for profiling jobs (``hwnas.devices.profile``), which interleave
    several visits per model and keep the fastest.
@@ -30,6 +33,12 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from hwnas.errors import HwnasError
+
+ANCHOR_MIN_PAIRS = 8  # block pairs an anchored measurement takes at least (time cap permitting)
+SCALES = {
+    "anchored": "anchored: the calibrated anchor latency x the median model/anchor ratio of adjacent 10-ms blocks",
+    "isolated": "isolated: the model alone, lower quartile of its 30-run window medians",
+}
 
 
 class ProtocolError(HwnasError, ValueError):
@@ -62,6 +71,9 @@ class ProtocolSettings:
     # inference of the model being measured and report the median model/anchor ratio times the
     # anchor's calibrated latency, which cancels slowdowns that hit both (see PROTOCOL.md).  0 = off.
     anchored: int = 1
+    # Anchored timing in blocks: each block of the model (or of the anchor) lasts about this long (at
+    # least 3 runs), and the timed phase has at least ``windows`` (3) and ``ANCHOR_MIN_PAIRS`` block pairs.
+    anchor_block_ms: float = 10.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +89,7 @@ class ProtocolSettings:
             ("window_quantile", 0 <= self.window_quantile <= 1),
             ("rounds", self.rounds >= 1),
             ("anchored", self.anchored in (0, 1)),
+            ("anchor_block_ms", self.anchor_block_ms > 0),
         ]
         for name, ok in checks:
             if not ok:
@@ -84,7 +97,7 @@ class ProtocolSettings:
                     f"protocol setting {name} = {getattr(self, name)!r} is invalid "
                     "(need warmup_runs>=0, warmup_s>=0, min_runs>=3, max_runs>=min_runs, time_cap_s>0, "
                     "rel_ci>=0, 0<confidence<1, windows>=1, min_timed_s>=0, 0<=window_quantile<=1, rounds>=1, "
-                    "anchored 0 or 1)"
+                    "anchored 0 or 1, anchor_block_ms>0)"
                 )
 
     @classmethod
@@ -158,11 +171,16 @@ class Measurement:
     window_quantile: float | None = None
     # profiling in interleaved rounds only: each visit's latency; the fastest visit is this measurement
     round_medians_ms: list[float] = field(default_factory=list)
-    # anchored timing only: median of the per-inference model/anchor ratios, the anchor's calibrated
-    # latency (median_ms = anchor_ratio * anchor_ms) and the anchor's raw median during this measurement
+    # anchored timing only: median of the model/anchor ratios of adjacent blocks, the anchor's calibrated
+    # latency (median_ms = anchor_ratio * anchor_ms), the anchor's raw median during this measurement,
+    # and the medians of the anchor's blocks (``window_medians_ms`` holds the model's block medians)
     anchor_ratio: float | None = None
     anchor_ms: float | None = None
     anchor_median_ms: float | None = None
+    anchor_block_medians_ms: list[float] = field(default_factory=list)
+    # how ``median_ms`` was obtained: "anchored" (calibrated anchor x ratio) or "isolated" (this model
+    # alone: the window_quantile of its window medians, or the CI rule's median)
+    scale: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,6 +244,13 @@ def median_ci(sorted_ns: np.ndarray, confidence: float = 0.95) -> tuple[float, f
     return float(sorted_ns[lo - 1]), float(sorted_ns[hi - 1])
 
 
+def block_medians(x: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+    """The median of each consecutive block of ``x`` (blocks of ``sizes``), leaving out a block's first
+    run when it has 3 or more: that run pays for the caches the other model took over."""
+    bounds = np.cumsum([0, *sizes])
+    return np.array([np.median(x[a + 1:b] if b - a >= 3 else x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
 def ci_converged(sorted_ns: np.ndarray, rel_ci: float, confidence: float) -> bool:
     med = float(np.median(sorted_ns))
     lo, hi = median_ci(sorted_ns, confidence)
@@ -244,14 +269,17 @@ def summarize(
     window_sizes: Sequence[int] | None = None,
     anchor_ns: Sequence[int] | None = None,
     anchor_ms: float | None = None,
+    anchor_window_sizes: Sequence[int] | None = None,
 ) -> Measurement:
     """Statistics of per-inference times (nanoseconds) as a ``Measurement`` in milliseconds.
 
     With ``window_sizes`` (windowed timing: ``samples_ns`` is the concatenation of consecutive windows
     of these sizes) ``median_ms`` is the ``settings.window_quantile`` quantile of the window medians and
     the CI is that of the quantile over windows; the other statistics are over all samples.
-    With ``anchor_ns`` (the anchor's time right after each sample) and ``anchor_ms``, ``median_ms`` is
-    ``anchor_ms`` times the median of the per-sample ratios, and the CI is that of the ratio's median.
+    With ``anchor_ns`` (the anchor's runs, in blocks of ``anchor_window_sizes``, block ``i`` right after
+    the model's block ``i`` of ``window_sizes``) and ``anchor_ms``, ``median_ms`` is ``anchor_ms`` times
+    the median of the block-pair ratios (each block's median without its first run), and the CI is
+    that of the ratio's median.
     """
     raw = np.asarray(samples_ns, dtype=np.float64)
     x = np.sort(raw)
@@ -284,16 +312,24 @@ def summarize(
         wmeds = [float(v) * ms for v in w]
     ratio: float | None = None
     a_med: float | None = None
+    a_blocks: list[float] = []
     if anchor_ns is not None:
         a = np.asarray(anchor_ns, dtype=np.float64)
-        if len(a) != len(raw) or anchor_ms is None or not anchor_ms > 0:
-            raise ProtocolError("anchored timing needs one anchor time per sample and a positive anchor_ms")
-        r = np.sort(raw / np.maximum(a, 1.0))
+        if anchor_ms is None or not anchor_ms > 0:
+            raise ProtocolError("anchored timing needs a positive anchor_ms (the anchor's calibrated latency)")
+        if (not window_sizes or not anchor_window_sizes or len(window_sizes) != len(anchor_window_sizes)
+                or sum(anchor_window_sizes) != len(a)):
+            raise ProtocolError("anchored timing needs the model's and the anchor's runs in pairs of blocks")
+        mb = block_medians(raw, window_sizes)
+        ab = block_medians(a, anchor_window_sizes)
+        r = np.sort(mb / np.maximum(ab, 1.0))
         ratio = float(np.median(r))
         rlo, rhi = median_ci(r, settings.confidence)
         med, lo, hi = ratio * anchor_ms / ms, rlo * anchor_ms / ms, rhi * anchor_ms / ms
         converged = max(med - lo, hi - med) <= max(settings.rel_ci, 0.02) * med
-        a_med = float(np.median(a)) * ms
+        a_med = float(np.median(ab)) * ms
+        a_blocks = [float(v) * ms for v in ab]
+        wmeds = [float(v) * ms for v in mb]
     return Measurement(
         median_ms=med * ms,
         p90_ms=p90 * ms,
@@ -318,6 +354,8 @@ def summarize(
         anchor_ratio=ratio,
         anchor_ms=float(anchor_ms) if ratio is not None and anchor_ms is not None else None,
         anchor_median_ms=a_med,
+        anchor_block_medians_ms=a_blocks,
+        scale="anchored" if ratio is not None else "isolated",
     )
 
 
@@ -325,9 +363,9 @@ def run_protocol(runner: TimedRunner, settings: ProtocolSettings | None = None, 
                  anchor: TimedRunner | None = None, anchor_ms: float | None = None) -> Measurement:
     """Measure an activated runner with the protocol above.
 
-    With ``anchor`` (another activated runner) and ``anchor_ms`` (its calibrated latency) every
-    inference of ``runner`` is followed by one of ``anchor``, warm-up included, and the latency is
-    ``anchor_ms`` times the median ratio of the two (anchored timing).
+    With ``anchor`` (another activated runner) and ``anchor_ms`` (its calibrated latency) the two take
+    turns in blocks of about ``anchor_block_ms`` each, warm-up included, and the latency is
+    ``anchor_ms`` times the median ratio of adjacent blocks (anchored timing).
     """
     s = settings or ProtocolSettings()
     specs = runner.input_specs()
@@ -335,14 +373,12 @@ def run_protocol(runner: TimedRunner, settings: ProtocolSettings | None = None, 
         if anchor_ms is None or not anchor_ms > 0:
             raise ProtocolError("anchored timing needs the anchor's calibrated latency (anchor_ms > 0)")
         anchor.prepare(make_inputs(anchor.input_specs(), s.seed))
+        runner.prepare(make_inputs(specs, s.seed))
+        return _run_anchored(runner, anchor, s, batch, float(anchor_ms), specs)
     runner.prepare(make_inputs(specs, s.seed))
-    anchor_times: list[int] | None = [] if anchor is not None else None
 
     def once() -> int:
-        t = int(runner.time_once())
-        if anchor_times is not None:
-            anchor_times.append(int(anchor.time_once()))  # type: ignore[union-attr]
-        return t
+        return int(runner.time_once())
 
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -355,8 +391,6 @@ def run_protocol(runner: TimedRunner, settings: ProtocolSettings | None = None, 
             elapsed = time.perf_counter() - t_start
             if (warm >= s.warmup_runs and elapsed >= s.warmup_s) or elapsed >= s.time_cap_s:
                 break
-        if anchor_times is not None:
-            anchor_times.clear()
         samples: list[int] = []
         window_sizes: list[int] | None = None
         t_timed = time.perf_counter()
@@ -408,8 +442,64 @@ def run_protocol(runner: TimedRunner, settings: ProtocolSettings | None = None, 
         batch=batch,
         input_shapes={sp.name: sp.shape for sp in specs},
         window_sizes=window_sizes,
-        anchor_ns=anchor_times,
-        anchor_ms=anchor_ms,
+    )
+
+
+def _run_anchored(runner: TimedRunner, anchor: TimedRunner, s: ProtocolSettings, batch: int, anchor_ms: float,
+                  specs: Sequence[InputSpec]) -> Measurement:
+    """Anchored timing in blocks: warm-up alternating one run each (so both are warm and their run
+    times known), then pairs of blocks, the model's ``n_m`` runs then the anchor's ``n_a``, each block
+    about ``anchor_block_ms`` long, until ``max(windows, ANCHOR_MIN_PAIRS)`` pairs and ``min_timed_s``
+    of timed phase (or the time cap)."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    t_start = time.perf_counter()
+    try:
+        warm_m: list[int] = []
+        warm_a: list[int] = []
+        while True:
+            warm_m.append(int(runner.time_once()))
+            warm_a.append(int(anchor.time_once()))
+            elapsed = time.perf_counter() - t_start
+            if (len(warm_m) >= s.warmup_runs and elapsed >= s.warmup_s) or elapsed >= s.time_cap_s:
+                break
+        block_ns = s.anchor_block_ms * 1e6
+
+        def block_size(times: list[int]) -> int:
+            t = float(np.median(times[-10:]))
+            return int(min(max(3, math.ceil(block_ns / max(t, 1.0))), s.max_runs))
+
+        n_m, n_a = block_size(warm_m), block_size(warm_a)
+        samples: list[int] = []
+        a_samples: list[int] = []
+        sizes: list[int] = []
+        a_sizes: list[int] = []
+        min_pairs = max(s.windows, ANCHOR_MIN_PAIRS)
+        stop_reason = "windows"
+        t_timed = time.perf_counter()
+        while True:
+            for _ in range(n_m):
+                samples.append(int(runner.time_once()))
+            for _ in range(n_a):
+                a_samples.append(int(anchor.time_once()))
+            sizes.append(n_m)
+            a_sizes.append(n_a)
+            elapsed = time.perf_counter() - t_timed
+            if len(sizes) >= min_pairs and elapsed >= s.min_timed_s:
+                break
+            if elapsed >= s.time_cap_s:
+                stop_reason = "time_cap"
+                break
+            if len(samples) + n_m > s.max_runs:
+                stop_reason = "max_runs"
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return summarize(
+        samples, s, stop_reason=stop_reason, warmup_runs=len(warm_m), wall_s=time.perf_counter() - t_start,
+        batch=batch, input_shapes={sp.name: sp.shape for sp in specs}, window_sizes=sizes,
+        anchor_ns=a_samples, anchor_ms=anchor_ms, anchor_window_sizes=a_sizes,
     )
 
 
@@ -418,7 +508,9 @@ __all__ = [
     "Measurement",
     "ProtocolError",
     "ProtocolSettings",
+    "SCALES",
     "TimedRunner",
+    "block_medians",
     "ci_converged",
     "make_input",
     "make_inputs",

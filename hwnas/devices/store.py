@@ -21,6 +21,7 @@ import os
 import sqlite3
 import stat
 import urllib.parse
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -365,6 +366,40 @@ class Store:
                 self._conn.execute("ROLLBACK")
             raise
         self._exec("COMMIT")
+
+    def rescale_anchored(self, fp_hash: str, runtime_config: str, batch: int, precision: str, anchor_ms: float) -> int:
+        """Put every anchored row (and kept visit) of this device key on the calibration ``anchor_ms``:
+        the latency and its CI become ``anchor_ratio`` x the new calibration, in one transaction.  Rows
+        already on it are left as they are; returns how many rows changed."""
+        new = float(anchor_ms)
+        if not new > 0:
+            raise StoreError(f"an anchor calibration must be a positive latency, not {anchor_ms!r}")
+        key = (fp_hash, runtime_config, int(batch), precision)
+
+        def rescaled(js: str) -> Measurement | None:
+            m = Measurement.from_dict(json.loads(js))
+            if m.anchor_ratio is None or m.anchor_ms is None or m.anchor_ms == new:
+                return None
+            f = new / m.anchor_ms
+            return replace(m, median_ms=m.anchor_ratio * new, ci_low_ms=m.ci_low_ms * f, ci_high_ms=m.ci_high_ms * f,
+                           round_medians_ms=[v * f for v in m.round_medians_ms], anchor_ms=new)
+
+        changed = 0
+        with self._transaction():
+            where = "WHERE fp_hash=? AND runtime_config=? AND batch=? AND precision=?"
+            for rid, js in self._exec(f"SELECT id, measurement_json FROM measurements {where}", key).fetchall():
+                m = rescaled(js)
+                if m is not None:
+                    self._exec("UPDATE measurements SET median_ms=?, ci_low_ms=?, ci_high_ms=?, measurement_json=? "
+                               "WHERE id=?", (m.median_ms, m.ci_low_ms, m.ci_high_ms,
+                                              json.dumps(m.to_dict(), sort_keys=True), rid))
+                    changed += 1
+            for rid, js in self._exec(f"SELECT id, measurement_json FROM visits {where}", key).fetchall():
+                m = rescaled(js)
+                if m is not None:
+                    self._exec("UPDATE visits SET measurement_json=? WHERE id=?",
+                               (json.dumps(m.to_dict(), sort_keys=True), rid))
+        return changed
 
     def has_measurement(self, fp_hash: str, runtime_config: str, arch_id: str, batch: int, precision: str) -> bool:
         row = self._exec(

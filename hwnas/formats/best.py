@@ -24,7 +24,7 @@ Each candidate is evaluated on the validation split and gated: top-1 agreement w
 >= ``min_agreement`` (default 99%) and top-1 drop <= ``max_top1_drop`` (default 0.3 points); the gate is
 not applied to untrained ``init`` weights, whose near-tied logits make agreement meaningless.  The ones
 that pass are timed side by side on the target device in interleaved rounds, each paired with ORT FP32
-(median per-inference ratio), and the fastest wins if it is at least ``min_speedup`` (default 1.03x)
+(median ratio of alternating 10-ms blocks), and the fastest wins if it is at least ``min_speedup`` (default 1.03x)
 faster than ORT FP32; otherwise ORT FP32 is kept and the manifest says why.  The winner is written to
 ``OUT`` (an OpenVINO winner as ``OUT`` with suffix ``.xml`` plus its ``.bin``), with a manifest beside
 it that holds every candidate's runtime, precision, latency, speed-up, accuracy and size, and which one
@@ -323,8 +323,8 @@ def export_best(arch: Mapping[str, Any], out: str | Path, supernet: str, weights
                      "applied": gated},
             "min_speedup": min_speedup,
             "method": (f"candidates loaded together and measured in {rounds} interleaved rounds, each paired with "
-                       "ort-fp32 (median per-inference ratio); latency_ms = ratio x ort-fp32's median in this run "
-                       "(raw windowed timing of the file, not anchored)"),
+                       "ort-fp32 (median ratio of alternating 10-ms blocks); latency_ms = ratio x ort-fp32's "
+                       "isolated latency in this run (the file alone, not anchored)"),
             "candidates": [c.row for c in cands.values()],
             "winner": win.name,
             "reason": reason,

@@ -181,10 +181,15 @@ def resolve_device(device, batch: int, precision: str | None = None):
 
 def latency_entry(measurement: dict, spec, fingerprint: dict | None, runtime_cfg: str) -> dict:
     """The manifest's record of one latency measurement."""
+    from hwnas.devices.protocol import SCALES
+
     m = measurement
     fp = fingerprint or {}
     host = fp.get("host", {})
+    scale = m.get("scale") or ("anchored" if m.get("anchor_ratio") is not None else "isolated")
     return {
+        "scale": scale,
+        "how": SCALES.get(scale, scale),
         "device": spec.name,
         "backend": spec.backend,
         "batch": spec.batch,

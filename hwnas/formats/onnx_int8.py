@@ -415,7 +415,7 @@ def measure_side_by_side(models: Mapping[str, tuple[Path, Any]], time_cap_s: flo
     the rounds), the order alternating between rounds.  Each model's latency is the median of its
     round medians; ``rounds_ms`` keeps the per-round medians.  When every backend runs in this process
     the models after the first are timed paired with the first (anchored timing, the first model as
-    the anchor): their ``over_first`` is the median per-inference ratio to the first model, which
+    the anchor): their ``over_first`` is the median ratio to the first model of alternating blocks, which
     slowdowns from other tenants of the machine do not move, and their ``median_ms`` is that ratio times
     the first model's latency.
     """
@@ -457,6 +457,9 @@ def measure_side_by_side(models: Mapping[str, tuple[Path, Any]], time_cap_s: flo
             ratio = statistics.median(m.anchor_ratio for m in ms)
             entry["over_first"] = ratio
             entry["median_ms"] = ratio * first_ms
+            entry["scale"] = "paired"
+            entry["how"] = (f"paired: the median ratio to {labels[0]} of alternating 10-ms blocks x {labels[0]}'s "
+                            "isolated latency in this run")
             entry["rounds_ratio"] = [round(m.anchor_ratio, 5) for m in ms]
             entry["ci95_ms"] = [v * first_ms for v in entry["ci95_ms"]]  # the ratio's CI, in ms
         else:
@@ -477,7 +480,7 @@ def int8_vs_fp32_latency(fp32: tuple[Path, Any], int8: tuple[Path, Any], time_ca
             "int8_over_fp32": lat["int8"]["median_ms"] / lat["fp32"]["median_ms"],
             "speedup": lat["fp32"]["median_ms"] / lat["int8"]["median_ms"],
             "method": (f"{what} loaded, measured in interleaved rounds; INT8 timed paired with FP32 (median "
-                       "per-inference ratio)" if "over_first" in lat["int8"] else
+                       "ratio of alternating blocks)" if "over_first" in lat["int8"] else
                        f"{what} loaded, measured in interleaved rounds (median of round medians)")}
 
 

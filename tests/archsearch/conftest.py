@@ -15,8 +15,9 @@ from search_fixtures import MacsAccuracyProxy, RidgeLatency, make_refit  # noqa:
 from search_settings import FAST  # noqa: E402
 
 from hwnas.devices import Store  # noqa: E402
-from hwnas.jobs import supernet_model_builder  # noqa: E402
+from hwnas.jobs import anchor_of, supernet_model_builder  # noqa: E402
 from hwnas.archsearch import device_measure, encode_archs  # noqa: E402
+from hwnas.archsearch.measure import device_confirm  # noqa: E402
 from hwnas.supernet.registry import create_supernet, get_family  # noqa: E402
 
 SUPERNET = "mbv3_fmnist"
@@ -58,6 +59,14 @@ def ort_measure(store, space, tmp_path_factory, measure_calls):
         return inner(archs)
 
     return measure
+
+
+@pytest.fixture(scope="session")
+def ort_confirm(store, tmp_path_factory):
+    """The real confirm callback: a fresh ORT session, anchored timing against the family's anchor."""
+    net = create_supernet(SUPERNET, pretrained=False)
+    build = supernet_model_builder(net, "ort", tmp_path_factory.mktemp("confirm-onnx"))
+    return device_confirm(store, DEVICE, build, anchor_of(net.family), settings=FAST)
 
 
 @pytest.fixture(scope="session")

@@ -185,7 +185,7 @@ class _Contended:
 
     def factor(self) -> float:
         self.calls += 1
-        return 1.0 if (self.calls // 37) % 3 == 0 else 1.6  # slow two thirds of the time, in bursts
+        return 1.0 if (self.calls // 300) % 3 == 0 else 1.6  # slow two thirds of the time, in bursts of ~50 ms
 
 
 def test_anchored_timing_cancels_a_shared_slowdown() -> None:
@@ -201,12 +201,38 @@ def test_anchored_timing_cancels_a_shared_slowdown() -> None:
             return int(self.base * machine.factor())
 
     model, anchor = R(100_000), R(250_000)
-    s = ProtocolSettings(warmup_runs=5, warmup_s=0, min_runs=30, windows=10, min_timed_s=0)
+    s = ProtocolSettings(warmup_runs=5, warmup_s=0, min_runs=30, windows=10, min_timed_s=0, anchor_block_ms=2.0)
     m = run_protocol(model, s, anchor=anchor, anchor_ms=0.25)
     assert m.median_ms == pytest.approx(0.1) and m.anchor_ratio == pytest.approx(0.4) and m.anchor_ms == 0.25
-    assert anchor.calls == model.calls  # one anchor inference after every model inference, warm-up included
-    assert m.anchor_median_ms is not None and m.converged
+    assert m.anchor_median_ms is not None and m.converged and m.scale == "anchored"
+    # blocks of about anchor_block_ms (2 ms) each: 20 runs of the 0.1-ms model, 8 of the 0.25-ms anchor
+    assert len(m.window_medians_ms) == len(m.anchor_block_medians_ms) >= 10
+    assert m.n == 20 * len(m.window_medians_ms)
     plain = run_protocol(R(100_000), s.replace(window_quantile=0.5))
     assert plain.median_ms == pytest.approx(0.16)  # without the anchor the bursts show
     with pytest.raises(ProtocolError, match="anchor_ms"):
         run_protocol(model, s, anchor=anchor)
+
+
+def test_anchored_blocks_do_not_count_the_run_after_a_switch() -> None:
+    """Whichever model ran last owns the caches: the first run after a switch costs more, by how much
+    depending on the other model's size.  Per-inference pairing would pay it on every run (and bias the
+    ratio by size); blocks pay it once per block and leave that run out."""
+    last = [None]
+
+    class Cached(SyntheticRunner):
+        def __init__(self, base_ns: int, name: str) -> None:
+            super().__init__([base_ns])
+            self.base, self.name = base_ns, name
+
+        def time_once(self) -> int:
+            self.calls += 1
+            cold = last[0] is not None and last[0] != self.name
+            last[0] = self.name
+            return int(self.base * (3.0 if cold else 1.0))
+
+    s = ProtocolSettings(warmup_runs=5, warmup_s=0, min_timed_s=0)
+    for base in (20_000, 100_000, 900_000):  # 0.02 / 0.1 / 0.9 ms against a 0.2-ms anchor
+        m = run_protocol(Cached(base, "m"), s, anchor=Cached(200_000, "a"), anchor_ms=0.2)
+        assert m.median_ms == pytest.approx(base * 1e-6, rel=1e-9)
+        assert len(m.window_medians_ms) >= 8 and m.n >= 8 * 3
