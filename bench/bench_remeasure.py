@@ -1,15 +1,21 @@
-"""Measurement noise floor: re-measure archs already in a store and compare medians.
+"""Measurement noise floor across processes and hours: re-measure archs already in a store.
 
-    python bench/bench_remeasure.py --store S --device ort-cpu-1t [--n 60]
+    hwnas profile --device ort-cpu-1t --samples 100 --store S     # the reference profile, one process
+    python bench/bench_remeasure.py --store S --device ort-cpu-1t [--n 100]   # now, and again hours later
 
-Prints the ratio (new / stored median) quantiles and the share within +-5% and +-10%: no latency
-predictor can be scored better than this on the same device.
+This process re-measures ``n`` of the store's rows of ``--device`` into a fresh store: new ONNX
+Runtime sessions, and the anchor calibrated afresh in this run (nothing is copied from ``S``), so the
+comparison tests the whole chain: the block ratios, the calibration and the machine's drift since
+the rows were taken (their age is printed).  Prints the new / stored latency ratio quantiles, the
+share within +-5% and +-10% and the median deviation: no latency predictor can be scored better than
+this on the same device.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +27,39 @@ from hwnas.supernet.registry import create_supernet
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", required=True)
     ap.add_argument("--device", default="ort-cpu-1t")
     ap.add_argument("--supernet", default="mbv3_fmnist")
-    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     spec = load_device(args.device)
     with Store(args.store, readonly=True) as st:
         rows = [r for r in st.measurements(supernet=args.supernet, device=spec.name) if r["arch"]]
-        # the anchor calibration of the stored rows, so both sets are on the same scale
-        anchors = {k: v for k, v in st._exec("SELECT key, value FROM meta WHERE key LIKE ?", (ANCHOR_META + "|%",))}
+        cal_old = [float(v) for k, v in st._exec("SELECT key, value FROM meta WHERE key LIKE ?", (ANCHOR_META + "|%",))
+                   if f"|{spec.batch}|{spec.precision}|" in k]
+    if not rows:
+        raise SystemExit(f"{args.store} holds no {args.supernet} rows of device {spec.name}")
     rng = np.random.default_rng(args.seed)
     rows = [rows[i] for i in rng.permutation(len(rows))[: args.n]]
+    ages = [(datetime.now(timezone.utc) - datetime.fromisoformat(r["created_at"].replace("Z", "+00:00"))).total_seconds()
+            for r in rows]
     net = create_supernet(args.supernet, pretrained=False)
     with tempfile.TemporaryDirectory() as tmp:
-        with Store(Path(tmp) / "re.sqlite") as st2:
-            for k, v in anchors.items():
-                st2.set_meta(k, v)
-            profile_archs(st2, spec, [(r["arch_id"], r["arch"]) for r in rows],
-                          supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), args.supernet,
-                          delete_models=True, anchor=anchor_of(net.family))
+        with Store(Path(tmp) / "re.sqlite") as st2:  # a fresh store: this run calibrates the anchor itself
+            s = profile_archs(st2, spec, [(r["arch_id"], r["arch"]) for r in rows],
+                              supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), args.supernet,
+                              delete_models=True, anchor=anchor_of(net.family))
             new = {r["arch_id"]: r["median_ms"] for r in st2.measurements()}
-    ratio = np.array([new[r["arch_id"]] / r["median_ms"] for r in rows])
+    ratio = np.array([new[r["arch_id"]] / r["median_ms"] for r in rows if r["arch_id"] in new])
     dev = np.abs(ratio - 1)
-    print(f"{len(ratio)} archs re-measured on {args.device}: new/stored median ratio "
-          f"p0/p10/p50/p90/p100 = {' / '.join(f'{q:.3f}' for q in np.quantile(ratio, [0, .1, .5, .9, 1]))}")
+    cal = s.get("calibration") or {}
+    print(f"{len(ratio)} archs of {args.supernet} re-measured on {args.device} in a new process, "
+          f"{np.median(ages) / 3600:.2f} h after the stored rows (median age)")
+    print(f"anchor calibration: stored {', '.join(f'{c:.4f}' for c in cal_old) or '-'} ms, this run "
+          f"{cal.get('anchor_ms', float('nan')):.4f} ms ({cal.get('bursts')} bursts over {cal.get('span_s', 0):.0f} s)")
+    print(f"new/stored ratio p0/p10/p50/p90/p100 = {' / '.join(f'{q:.3f}' for q in np.quantile(ratio, [0, .1, .5, .9, 1]))}")
     print(f"within +-5%: {100 * np.mean(dev < 0.05):.1f}%, within +-10%: {100 * np.mean(dev < 0.10):.1f}%, "
           f"median |deviation| {100 * np.median(dev):.2f}%")
 

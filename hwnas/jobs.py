@@ -64,6 +64,9 @@ class ProfileResult(_Result):
     subnets_per_min: float = 0.0
     anchor: dict | None = None
     fp_hash: str = ""
+    # what the run's drift check of the anchor calibration found and did, and what the user should know
+    calibration: dict | None = None
+    warnings: list = field(default_factory=list)
     details: dict = field(default_factory=dict, repr=False)
 
 
@@ -225,14 +228,15 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
     return ProfileResult(device=spec.name, supernet=fam.name, store=str(store), measured=summary["measured"],
                          skipped=summary["skipped"], failed=list(summary["failed"]), wall_s=summary["wall_s"],
                          subnets_per_min=summary["subnets_per_min"], anchor=summary.get("anchor"),
-                         fp_hash=summary["fp_hash"], details=summary)
+                         fp_hash=summary["fp_hash"], calibration=summary.get("calibration"),
+                         warnings=list(summary.get("warnings") or []), details=summary)
 
 
 def profile_model(model: str | Path, device: Any = DEFAULT_DEVICE, *, store: str | Path | None = None,
                   time_cap_s: float | None = None,
                   input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> ModelProfileResult:
-    """Latency of any ONNX file (or OpenVINO IR ``.xml`` on an ``openvino`` device) on ``device`` (raw
-    windowed timing: lower quartile of window medians), recorded in ``store`` when given.  ``input_shape``
+    """Latency of any ONNX file (or OpenVINO IR ``.xml`` on an ``openvino`` device) on ``device`` (the
+    isolated scale: the file alone, lower quartile of its 30-run window medians), recorded in ``store`` when given.  ``input_shape``
     fixes dynamic dimensions: one shape, or ``{input name: shape}`` for named inputs
     (``--input-shape NAME:1x3x224x224``).  The store is created
     only once the model has loaded and run, so a bad model leaves none behind."""
@@ -478,7 +482,8 @@ def search(device: Any = DEFAULT_DEVICE, latency: str | float | None = None, *, 
         with Store(store) as st:
             measure = device_measure(st, spec, supernet_model_builder(net, spec.backend, tmpdir / "models",
                                                                       batch=spec.batch),
-                                     fam.name, net.space, anchor=anchor_of(fam))
+                                     fam.name, net.space, anchor=anchor_of(fam),
+                                     warn=lambda w: say(f"      warning: {w}"))
             confirm = None
             if issubclass(get_backend_class(spec.backend), LocalBackend):  # a fresh session, against the calibration
                 confirm = device_confirm(st, spec, supernet_model_builder(net, spec.backend, tmpdir / "confirm",

@@ -20,6 +20,7 @@ def device_measure(
     progress: Callable[[Any], None] | None = None,
     delete_models: bool = True,
     anchor: tuple[str, dict] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> MeasureFn:
     """A ``measure(archs) -> [median ms]`` that profiles archs on ``spec`` into ``store``.
 
@@ -28,7 +29,8 @@ def device_measure(
     model fails to build comes back as nan and the search goes on without it.  ``build_model`` is
     ``hwnas.jobs.supernet_model_builder(net, spec.backend, workdir)`` or any
     ``arch -> (onnx path | nn.Module, input shape | None)``.  ``anchor`` (``hwnas.jobs.anchor_of(family)``)
-    turns on anchored timing, as ``hwnas profile`` does, so the checks match the profiled rows.
+    turns on anchored timing, as ``hwnas profile`` does, so the checks match the profiled rows; ``warn``
+    receives what the anchor's drift check has to say (``profile_archs``'s ``warnings``).
     """
     from hwnas.devices import load_device, profile_archs
     from hwnas.devices.spec import DeviceSpec
@@ -41,6 +43,9 @@ def device_measure(
             store, spec, pairs, build_model, supernet_name,
             settings=settings, progress=progress, delete_models=delete_models, anchor=anchor,
         )  # fmt: skip
+        for w in summary.get("warnings") or []:
+            if warn is not None:
+                warn(w)
         out = []
         for aid, _ in pairs:
             m = store.measurement(summary["fp_hash"], summary["runtime_config"], aid, summary["batch"], summary["precision"])

@@ -169,7 +169,16 @@ def profile_cmd(
                    f"{len(r['failed'])} failed in {r['wall_s']:.0f} s{rate}; store {r['store']}")
         if r.get("anchor"):
             a = r["anchor"]
-            typer.echo(f"anchored timing: reference subnet {a['arch_id']}, calibrated at {a['anchor_ms']:.4g} ms")
+            c = r.get("calibration") or {}
+            note = ""
+            if c.get("action") == "calibrated":
+                note = (f" (calibrated in this run: {c['bursts']} bursts of the anchor alone over {c['span_s']:.0f} s, "
+                        f"lower quartile of {c['windows']} windows)")
+            elif c.get("drift") is not None:
+                note = f" (this run's check: {100 * c['drift']:+.1f}%, {c['action']})"
+            typer.echo(f"anchored timing: reference subnet {a['arch_id']}, calibrated at {a['anchor_ms']:.4g} ms{note}")
+        for w in r.get("warnings") or []:
+            typer.echo(f"warning: {w}", err=True)
 
     emit(res, json_, human)
 

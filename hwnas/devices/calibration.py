@@ -117,6 +117,7 @@ class CalibrationOutcome:
     bursts: int
     span_s: float
     spread: float
+    quantiles_ms: dict | None = None  # p5 / p10 / p25 / p50 of this run's window medians
     rescaled_rows: int = 0
     message: str = ""
 
@@ -134,7 +135,8 @@ def settle(store: Any, anchor_key: str, cal: AnchorCalibration, row_key: tuple[s
     drift; put every anchored row of ``row_key`` on the result; record the estimate in the history."""
     est = cal.estimate()
     base = dict(estimate_ms=est, previous_ms=previous, windows=len(cal.window_ms), bursts=cal.bursts,
-                span_s=cal.span_s, spread=cal.spread())
+                span_s=cal.span_s, spread=cal.spread(),
+                quantiles_ms={f"p{q}": float(np.quantile(cal.window_ms, q / 100)) for q in (5, 10, 25, 50)})
     if previous is None:
         # another process may have calibrated this key meanwhile: the first value stored wins
         final = float(store.claim_meta(anchor_key, repr(est)))
