@@ -5,7 +5,7 @@
 For three subnets (the shipped ``mbv3_fmnist`` family's largest, ``--arch`` of that family (default: the
 main job's chosen arch), and an ``ofa_mbv3_w1.0`` subnet at r=224 with untrained weights and random
 calibration images, so latency only) it runs ``--format best`` with every candidate this machine can
-run and prints each one's speed-up over ORT FP32 (median per-inference ratio when timed paired,
+run and prints each one's speed-up over ORT FP32 (median ratio of alternating blocks when timed paired,
 ``rounds`` interleaved rounds), its per-round speed-ups, top-1 drop and agreement, and the winner.
 
 For the shipped family's arch it then prints the graph ONNX Runtime's CPU EP runs (optimized, as on

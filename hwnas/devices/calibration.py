@@ -7,15 +7,17 @@ kind of machine's slow stretches (they last up to seconds) and then every row of
 much.  So the calibration is spread out:
 
 * a burst of the anchor alone at the start of the run, one between models every ``BURST_EVERY_S``, and
-  one at the end, until at least ``MIN_CALIBRATION_S`` of bursts (30-run windows of about 5 ms each);
+  one at the end, until at least ``MIN_CALIBRATION_S`` of bursts (windows of about 5 ms, 3 to 30 runs);
 * the estimate is the lower quartile of all the bursts' window medians, so slow stretches covering
   up to three quarters of the bursts do not move it;
 * the first run of a key writes its rows with the start burst's figure, then puts them all on the
   run's final estimate (``Store.rescale_anchored``);
-* every later run re-estimates it the same way: that is the **drift check**.  A change of more than
-  ``DRIFT_TOLERANCE`` in a run with enough bursts (``RECALIBRATE_MIN_S`` apart at the ends) is a
-  recalibration: the new figure is stored, every row of the key is rescaled to it, and the user is
-  told; a shorter run only warns.  Every estimate is kept in the store (``calibration_history``).
+* every later run re-estimates it the same way: that is the **drift check**.  A run whose bursts
+  span at least ``RECALIBRATE_MIN_S`` makes the calibration the median of every such run's estimate
+  (the machine's speed moves by a few percent over minutes; the median of many runs moves less),
+  and every row of the key is rescaled to it; if its own estimate was more than ``DRIFT_TOLERANCE``
+  off, the user is told.  A shorter run (a search's device check) never changes the calibration
+  and only warns.  Every estimate is kept in the store (``calibration_history``).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class CalibrationOutcome:
     estimate_ms: float  # this run's estimate
     previous_ms: float | None  # the stored calibration before this run (None: this run made the first)
     drift: float | None  # estimate / previous - 1
-    action: str  # "calibrated" | "kept" | "recalibrated" | "warned"
+    action: str  # "calibrated" | "kept" | "pooled" | "recalibrated" | "warned"
     windows: int
     bursts: int
     span_s: float
@@ -137,33 +139,47 @@ def settle(store: Any, anchor_key: str, cal: AnchorCalibration, row_key: tuple[s
     base = dict(estimate_ms=est, previous_ms=previous, windows=len(cal.window_ms), bursts=cal.bursts,
                 span_s=cal.span_s, spread=cal.spread(),
                 quantiles_ms={f"p{q}": float(np.quantile(cal.window_ms, q / 100)) for q in (5, 10, 25, 50)})
+    hk = history_key(anchor_key)
+    try:
+        hist = [h for h in json.loads(store.get_meta(hk) or "[]") if isinstance(h, dict)]
+    except ValueError:
+        hist = []
+    supported = cal.span_s >= RECALIBRATE_MIN_S
     if previous is None:
         # another process may have calibrated this key meanwhile: the first value stored wins
         final = float(store.claim_meta(anchor_key, repr(est)))
         action, drift, msg = "calibrated", None, ""
     else:
         drift = est / previous - 1
-        if abs(drift) <= DRIFT_TOLERANCE:
-            final, action, msg = previous, "kept", ""
-        elif cal.span_s >= RECALIBRATE_MIN_S:
-            final, action = est, "recalibrated"
-            store.set_meta(anchor_key, repr(est))
-            msg = (f"the anchor of {what} ran {100 * abs(drift):.1f}% {'slower' if drift > 0 else 'faster'} than its "
-                   f"calibration ({est:.4f} vs {previous:.4f} ms, {cal.bursts} bursts over {cal.span_s:.0f} s): "
-                   "recalibrated, and every stored latency of this device was rescaled to it")
+        how = f"{est:.4f} vs {previous:.4f} ms, {cal.bursts} bursts over {cal.span_s:.0f} s"
+        side = "slower" if drift > 0 else "faster"
+        if supported:
+            # the calibration is the median of every well-supported run's estimate: the machine's speed
+            # moves by a few percent over minutes, and the median of many runs moves less than any one
+            pool = [float(h["estimate_ms"]) for h in hist
+                    if float(h.get("span_s") or 0) >= RECALIBRATE_MIN_S and h.get("estimate_ms")]
+            final = float(np.median(pool + [est]))
+            if abs(final / previous - 1) < 1e-3:
+                final = previous
+            action = "kept" if final == previous else "pooled"
+            msg = ""
+            if abs(drift) > DRIFT_TOLERANCE:
+                action = "recalibrated"
+                msg = (f"the anchor of {what} ran {100 * abs(drift):.1f}% {side} than its calibration ({how}); "
+                       f"the calibration is now {final:.4f} ms (the median of {len(pool) + 1} runs' estimates) and "
+                       "every stored latency of this device was rescaled to it")
+            if final != previous:
+                store.set_meta(anchor_key, repr(final))
         else:
-            final, action = previous, "warned"
-            msg = (f"the anchor of {what} ran {100 * abs(drift):.1f}% {'slower' if drift > 0 else 'faster'} than its "
-                   f"calibration ({est:.4f} vs {previous:.4f} ms) in a run too short to recalibrate "
-                   f"({cal.span_s:.0f} s < {RECALIBRATE_MIN_S:.0f} s); if the machine was busy, profile again when "
-                   "it is quiet; a longer profile recalibrates")
+            final = previous
+            action, msg = "kept", ""
+            if abs(drift) > DRIFT_TOLERANCE:
+                action = "warned"
+                msg = (f"the anchor of {what} ran {100 * abs(drift):.1f}% {side} than its calibration ({how}), in a "
+                       f"run too short to recalibrate (< {RECALIBRATE_MIN_S:.0f} s); if the machine was busy, profile "
+                       "again when it is quiet; a longer profile recalibrates")
     rescaled = store.rescale_anchored(*row_key, final)
     out = CalibrationOutcome(anchor_ms=final, drift=drift, action=action, rescaled_rows=rescaled, message=msg, **base)
-    hk = history_key(anchor_key)
-    try:
-        hist = json.loads(store.get_meta(hk) or "[]")
-    except ValueError:
-        hist = []
     hist.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **out.to_dict()})
     store.set_meta(hk, json.dumps(hist[-HISTORY_LIMIT:]))
     return out
