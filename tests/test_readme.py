@@ -20,6 +20,6 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README) + ":python", "exec"), {"__name__": "readme"})
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 2 and "ms measured" in printed[0]
+    assert len(printed) == 2 and re.search(r" \d\.\d{3} ms \(\d\.\d{3}-\d\.\d{3}\) \d+\.\d\d% val$", printed[0]), printed
     assert (tmp_path / "out" / "best.onnx").is_file() and (tmp_path / "out" / "best.onnx.json").is_file()
     assert (tmp_path / "out" / "search" / "best.json").is_file()

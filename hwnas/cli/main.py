@@ -219,6 +219,24 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("hwnas: interrupted", err=True)
         raise SystemExit(130) from None
+    except Exception as exc:
+        # SIGTERM inside code that wraps exceptions (an import creating dataclasses, a library's
+        # callback) arrives as another error caused by Terminated: it is still a termination
+        if _sigterm_caused(exc):
+            typer.echo("hwnas: terminated (SIGTERM); no partial output was left", err=True)
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+
+
+def _sigterm_caused(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Terminated):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _one_line(text: str) -> str:

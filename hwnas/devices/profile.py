@@ -180,8 +180,12 @@ def profile_archs(
             raise ProfileError(f"the anchor arch {aid} cannot be built or loaded: {exc}") from None
         got = store.get_meta(anchor_key(fp.fp_hash, rc, spec, aid))
         if got is None:
-            old = [r for r in store.measurements(fp_hash=fp.fp_hash, supernet=supernet_name)
-                   if r["runtime_config"] == rc and r["batch"] == spec.batch and r["precision"] == spec.precision]
+            same = [r for r in store.measurements(fp_hash=fp.fp_hash, supernet=supernet_name)
+                    if r["runtime_config"] == rc and r["batch"] == spec.batch and r["precision"] == spec.precision]
+            # rows of a first run killed before its calibration was settled are anchored (and put on
+            # this run's calibration at its end); only rows measured without the anchor cannot mix
+            old = [r for r in same if getattr(store.measurement(fp.fp_hash, rc, r["arch_id"], spec.batch,
+                                                                spec.precision), "anchor_ratio", None) is None]
             if old:
                 raise ProfileError(
                     f"store {store.path} already holds {len(old)} {supernet_name} rows for device {spec.name!r} "
