@@ -323,3 +323,39 @@ def test_anchored_profile_refuses_a_store_of_unanchored_rows(tmp_path: Path) -> 
             profile_archs(st, "ort-cpu-1t", archs, lambda a: (paths[a["id"]], None), "toy", settings=s,
                           anchor=("anchor", {"id": "anchor"}))
         assert [r["arch_id"] for r in st.measurements()] == ["a00"]  # nothing written
+
+
+def test_kill9_before_the_first_calibration_settles_then_resume(tmp_path: Path) -> None:
+    """An anchored first run killed mid-way has written rows on its start burst's provisional calibration
+    and stored none; the resumed run settles one calibration and puts every row, old and new, on it."""
+    models = _models(tmp_path, 6)
+    anchor_model = build_convnet(tmp_path / "anchor.onnx", channels=8, size=12, seed=99)
+    store = tmp_path / "kill-anchored.sqlite"
+    cmd = [sys.executable, str(HERE / "devices_profile_child.py"), str(store), str(tmp_path / "models"), "0.25", "2",
+           str(anchor_model)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    finished = []
+    for line in proc.stdout:
+        finished.append(line.split()[1])
+        if len(finished) == 2:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    with Store(store) as st:
+        assert [k for k, _ in st._exec("SELECT key, value FROM meta WHERE key LIKE 'anchor_ms|%'")] == []
+        early = {r["arch_id"]: st.measurement(r["fp_hash"], r["runtime_config"], r["arch_id"], 1, "fp32")
+                 for r in st.measurements()}
+    assert set(finished) <= set(early) and all(m.anchor_ratio is not None for m in early.values())
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    with Store(store) as st:
+        cal = [float(v) for k, v in st._exec("SELECT key, value FROM meta WHERE key LIKE 'anchor_ms|%'")]
+        rows = {r["arch_id"]: st.measurement(r["fp_hash"], r["runtime_config"], r["arch_id"], 1, "fp32")
+                for r in st.measurements()}
+    assert len(cal) == 1 and sorted(rows) == sorted(models)
+    for aid, m in rows.items():
+        assert m.anchor_ms == cal[0] and m.median_ms == pytest.approx(m.anchor_ratio * cal[0])
+        if aid in early:  # kept its ratio; only the scale moved to the settled calibration
+            assert m.anchor_ratio == early[aid].anchor_ratio
