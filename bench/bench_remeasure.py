@@ -8,7 +8,8 @@ Runtime sessions, and the anchor calibrated afresh in this run (nothing is copie
 comparison tests the whole chain: the block ratios, the calibration and the machine's drift since
 the rows were taken (their age is printed).  Prints the new / stored latency ratio quantiles, the
 share within +-5% and +-10% and the median deviation: no latency predictor can be scored better than
-this on the same device.
+this on the same device.  The same shares for the anchor ratios alone separate the calibration (the
+machine's own speed, which can move by several percent in minutes on a shared host) from the rest.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> None:
     spec = load_device(args.device)
     with Store(args.store, readonly=True) as st:
         rows = [r for r in st.measurements(supernet=args.supernet, device=spec.name) if r["arch"]]
+        old_ratio = {r["arch_id"]: st.measurement(r["fp_hash"], r["runtime_config"], r["arch_id"], r["batch"],
+                                                  r["precision"]).anchor_ratio for r in rows}
         cal_old = [float(v) for k, v in st._exec("SELECT key, value FROM meta WHERE key LIKE ?", (ANCHOR_META + "|%",))
                    if f"|{spec.batch}|{spec.precision}|" in k]
     if not rows:
@@ -52,6 +55,8 @@ def main() -> None:
                               supernet_model_builder(net, spec.backend, tmp, batch=spec.batch), args.supernet,
                               delete_models=True, anchor=anchor_of(net.family))
             new = {r["arch_id"]: r["median_ms"] for r in st2.measurements()}
+            new_ratio = {r["arch_id"]: st2.measurement(r["fp_hash"], r["runtime_config"], r["arch_id"], r["batch"],
+                                                       r["precision"]).anchor_ratio for r in st2.measurements()}
     ratio = np.array([new[r["arch_id"]] / r["median_ms"] for r in rows if r["arch_id"] in new])
     dev = np.abs(ratio - 1)
     cal = s.get("calibration") or {}
@@ -62,6 +67,12 @@ def main() -> None:
     print(f"new/stored ratio p0/p10/p50/p90/p100 = {' / '.join(f'{q:.3f}' for q in np.quantile(ratio, [0, .1, .5, .9, 1]))}")
     print(f"within +-5%: {100 * np.mean(dev < 0.05):.1f}%, within +-10%: {100 * np.mean(dev < 0.10):.1f}%, "
           f"median |deviation| {100 * np.median(dev):.2f}%")
+    rr = np.array([new_ratio[a] / old_ratio[a] for a in new_ratio if old_ratio.get(a) and new_ratio[a]])
+    if len(rr):  # the anchored ratios alone: the part of the chain that does not depend on the calibration
+        d2 = np.abs(rr - 1)
+        print(f"anchor ratios alone (calibration left out): median new/stored {np.median(rr):.3f}, within +-5%: "
+              f"{100 * np.mean(d2 < 0.05):.1f}%, within +-10%: {100 * np.mean(d2 < 0.10):.1f}%, "
+              f"median |deviation| {100 * np.median(d2):.2f}%")
 
 
 if __name__ == "__main__":
