@@ -147,15 +147,15 @@ def export_cmd(
         elif acc.get("top1") is not None:
             typer.echo(f"  top-1 on {acc['split']}: {100 * acc['top1']:.2f}% (PyTorch {100 * acc['top1_pytorch']:.2f}%)")
         if "int8_over_fp32" in lat:
-            typer.echo(f"  latency on {lat['fp32']['device']}: FP32 {lat['fp32']['median_ms']:.4f} ms, INT8 "
-                       f"{lat['int8']['median_ms']:.4f} ms (INT8/FP32 {lat['int8_over_fp32']:.3f}, side by side)")
+            typer.echo(f"  latency on {lat['fp32']['device']}: FP32 {lat['fp32']['median_ms']:.4f} ms (isolated), INT8 "
+                       f"{lat['int8']['median_ms']:.4f} ms (INT8/FP32 {lat['int8_over_fp32']:.3f}, paired in blocks)")
         elif lat.get("median_ms") is not None and not m.get("selection"):
-            typer.echo(f"  latency of this file on {lat.get('device')}: median {lat['median_ms']:.4f} ms "
-                       "(raw windowed timing, no anchor)")
+            typer.echo(f"  latency of this file on {lat.get('device')}: {lat['median_ms']:.4f} ms "
+                       f"({lat.get('how') or 'isolated'})")
         sel = m.get("selection")
         if sel:
-            typer.echo(f"  candidates on {sel['device']} (timed paired with ort-fp32, side by side; latency = raw "
-                       "timing of this run's files):")
+            typer.echo(f"  candidates on {sel['device']} (timed paired with ort-fp32 in alternating blocks; latency = "
+                       "the ratio x ort-fp32's isolated timing in this run):")
             engine_table(sel["candidates"])
             typer.echo(f"  chosen: {sel['winner']}: {sel['reason']}")
             if sel.get("int8_line"):
