@@ -572,7 +572,18 @@ def measure_file_anchored(path: str | Path, device: Any, supernet: Any, store: s
     with tempfile.TemporaryDirectory(prefix="hwnas-anchor-") as tmp, Store(store) as st:
         amodel, ashape = supernet_model_builder(net, spec.backend, tmp, batch=spec.batch)(aarch)
         m = measure_anchored(st, spec, str(path), (aid, amodel), anchor_shape=ashape, settings=s)
-    return {**m.to_dict(), "how": SCALES[m.scale], "file": str(path), "device": spec.name}
+        # the anchor alone now: how far the host's speed has moved since the calibration (a plain loop
+        # timed now sees the latency at this speed)
+        from hwnas.devices.backends import create_backend
+        from hwnas.devices.calibration import MIN_CALIBRATION_S, AnchorCalibration
+
+        with create_backend(spec, model=amodel, input_shape=ashape) as a:
+            cal = AnchorCalibration(a, s.seed)
+            cal.burst(MIN_CALIBRATION_S)
+            anchor_now = cal.estimate()
+    now = m.anchor_ratio * anchor_now if m.anchor_ratio is not None else None
+    return {**m.to_dict(), "how": SCALES[m.scale], "file": str(path), "device": spec.name,
+            "anchor_now_ms": anchor_now, "at_current_speed_ms": now}
 
 
 # ---------------------------------------------------------------------------------- the main job
@@ -653,7 +664,9 @@ def run(out: str | Path = "hwnas-out", *, device: Any = DEFAULT_DEVICE, supernet
                  "confirmed_within_budget": r.confirmed_within_budget,
                  "shipped_onnx": ({"file": shipped["file"], "median_ms": shipped["median_ms"],
                                    "ci95_ms": [shipped["ci_low_ms"], shipped["ci_high_ms"]], "scale": shipped["scale"],
-                                   "how": shipped["how"]} if shipped else None),
+                                   "how": shipped["how"], "anchor_ms": shipped["anchor_ms"],
+                                   "anchor_ratio": shipped["anchor_ratio"], "anchor_now_ms": shipped["anchor_now_ms"],
+                                   "at_current_speed_ms": shipped["at_current_speed_ms"]} if shipped else None),
                  "scale": "anchored (see PROTOCOL.md): the profile's calibrated anchor x block ratio"},
         "latency_predictor": {"n_train": found.latency_predictor.get("n_train"),
                               "n_test": found.latency_predictor.get("n_test"), **m},

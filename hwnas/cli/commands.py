@@ -362,6 +362,11 @@ def run_cmd(
             sh = b["shipped_onnx"]
             typer.echo(f"shipped file  {sh['median_ms']:.3f} ms, 95% interval {sh['ci95_ms'][0]:.3f}-{sh['ci95_ms'][1]:.3f} ms "
                        f"({sh['file']}, anchored scale)")
+            if sh.get("at_current_speed_ms"):
+                drift = sh["anchor_now_ms"] / sh["anchor_ms"] - 1
+                typer.echo(f"              {sh['at_current_speed_ms']:.3f} ms at this machine's speed right now (the anchor "
+                           f"alone ran {100 * abs(drift):.1f}% {'slower' if drift > 0 else 'faster'} than its calibration "
+                           "just now); a plain loop timed now reads about this")
         typer.echo(f"val top-1     {100 * b['val_top1']:.2f}% (predicted {100 * b['predicted_top1']:.2f}%)")
         typer.echo(f"engine        {e['winner']} ({e['reason']})")
         typer.echo("candidates    timed paired with ort-fp32, side by side; latency = the chosen subnet's anchored "
