@@ -561,6 +561,8 @@ def measure_file_anchored(path: str | Path, device: Any, supernet: Any, store: s
     import tempfile
 
     from hwnas.devices import Store
+    from hwnas.devices.backends import create_backend
+    from hwnas.devices.calibration import MIN_CALIBRATION_S, AnchorCalibration
     from hwnas.devices.profile import as_spec, measure_anchored
     from hwnas.devices.protocol import SCALES, ProtocolSettings
 
@@ -574,9 +576,6 @@ def measure_file_anchored(path: str | Path, device: Any, supernet: Any, store: s
         m = measure_anchored(st, spec, str(path), (aid, amodel), anchor_shape=ashape, settings=s)
         # the anchor alone now: how far the host's speed has moved since the calibration (a plain loop
         # timed now sees the latency at this speed)
-        from hwnas.devices.backends import create_backend
-        from hwnas.devices.calibration import MIN_CALIBRATION_S, AnchorCalibration
-
         with create_backend(spec, model=amodel, input_shape=ashape) as a:
             cal = AnchorCalibration(a, s.seed)
             cal.burst(MIN_CALIBRATION_S)
