@@ -364,9 +364,9 @@ def run_cmd(
                        f"({sh['file']}, anchored scale)")
             if sh.get("at_current_speed_ms"):
                 drift = sh["anchor_now_ms"] / sh["anchor_ms"] - 1
-                typer.echo(f"              {sh['at_current_speed_ms']:.3f} ms at this machine's speed right now (the anchor "
-                           f"alone ran {100 * abs(drift):.1f}% {'slower' if drift > 0 else 'faster'} than its calibration "
-                           "just now); a plain loop timed now reads about this")
+                typer.echo(f"              {sh['at_current_speed_ms']:.3f} ms at the anchor's speed just now (it ran "
+                           f"{100 * abs(drift):.1f}% {'slower' if drift > 0 else 'faster'} than its calibration): the "
+                           "figure to compare with a plain loop timed now")
         typer.echo(f"val top-1     {100 * b['val_top1']:.2f}% (predicted {100 * b['predicted_top1']:.2f}%)")
         typer.echo(f"engine        {e['winner']} ({e['reason']})")
         typer.echo("candidates    timed paired with ort-fp32, side by side; latency = the chosen subnet's anchored "
