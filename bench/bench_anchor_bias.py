@@ -32,14 +32,21 @@ from hwnas.jobs import supernet_model_builder
 from hwnas.supernet.registry import create_supernet
 
 
+def _warm(*runners, seconds: float = 0.2) -> None:
+    """Stage inputs and run the runners in turn for ``seconds``."""
+    for r in runners:
+        r.prepare(make_inputs(r.input_specs(), 0))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for r in runners:
+            r.time_once()
+
+
 def isolated(r, seconds: float) -> float:
     """Lower quartile of 30-run window medians over ``seconds`` after 0.2 s of warm-up (ms)."""
-    r.prepare(make_inputs(r.input_specs(), 0))
     gc.disable()
     try:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 0.2:
-            r.time_once()
+        _warm(r)
         wm: list[float] = []
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds or len(wm) < 10:
@@ -51,14 +58,9 @@ def isolated(r, seconds: float) -> float:
 
 def per_inference(r, a, anchor_ms: float, seconds: float = 0.3) -> float:
     """The pre-#13 protocol: one anchor run after each model run; anchor_ms x the median ratio."""
-    r.prepare(make_inputs(r.input_specs(), 0))
-    a.prepare(make_inputs(a.input_specs(), 0))
     gc.disable()
     try:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 0.2:
-            r.time_once()
-            a.time_once()
+        _warm(r, a)
         ratios: list[float] = []
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds or len(ratios) < 30:

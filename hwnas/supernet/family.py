@@ -202,6 +202,21 @@ def gene_onehot_names(space: SearchSpace) -> list[str]:
 _FEATURE_CHUNK = 32768  # rows per block when featurizing huge populations (bounds temporary memory)
 
 
+def cost_columns(out: np.ndarray, c: Mapping[str, np.ndarray], n_stages: int) -> np.ndarray:
+    """Fill ``out`` (``(N, 5 + 2 * n_stages)``) with the analytic cost layout of the CNN families: MACs,
+    params and peak activations (millions), resolution, blocks that run, then MACs and params per stage
+    (millions), from ``cost_vectors`` output ``c``; returns ``out``."""
+    ns = n_stages
+    out[:, 0] = c["macs"] / 1e6
+    out[:, 1] = c["params"] / 1e6
+    out[:, 2] = c["peak_act"] / 1e6
+    out[:, 3] = c["resolution"]
+    out[:, 4] = c["n_blocks"]
+    out[:, 5:5 + ns] = c["stage_macs"] / 1e6
+    out[:, 5 + ns:5 + 2 * ns] = c["stage_params"] / 1e6
+    return out
+
+
 def gene_features(space: SearchSpace, X: np.ndarray, analytic_block: Any, *, onehot: bool = True,
                   analytic: bool = True) -> np.ndarray:
     """float32 predictor features of gene rows: :func:`gene_onehot` of the canonical rows, then
@@ -479,4 +494,5 @@ def parse_arch(text_or_path: str | Mapping[str, Any]) -> dict:
 
 
 __all__ = ["Arch", "CapabilityError", "ConfigFamily", "SearchSpace", "SupernetFamily", "SupernetModule", "arch_fields",
+           "cost_columns",
            "gene_features", "gene_onehot", "gene_onehot_names", "load_arch_file", "parse_arch", "resolution_aliases"]

@@ -118,22 +118,29 @@ def _rows(store: Path) -> list[dict]:
         return st.measurements()
 
 
-def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
-    """kill -9 while profiling, restart: every arch once, nothing measured twice, nothing lost."""
-    models = _models(tmp_path, 6)
-    store = tmp_path / "kill.sqlite"
-    cmd = [sys.executable, str(HERE / "devices_profile_child.py"), str(store), str(tmp_path / "models"), "0.25"]
+def _kill9_after(cmd: list[str], n: int, settle_s: float = 0.0) -> list[str]:
+    """Run the profiling child ``cmd``, kill -9 it once ``n`` archs have finished (``settle_s`` later);
+    returns the arch ids it reported finished."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     finished = []
     for line in proc.stdout:
         finished.append(line.split()[1])
-        if len(finished) == 2:
-            time.sleep(0.1)  # now inside the third measurement
+        if len(finished) == n:
+            time.sleep(settle_s)
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
+    return finished
+
+
+def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
+    """kill -9 while profiling, restart: every arch once, nothing measured twice, nothing lost."""
+    models = _models(tmp_path, 6)
+    store = tmp_path / "kill.sqlite"
+    cmd = [sys.executable, str(HERE / "devices_profile_child.py"), str(store), str(tmp_path / "models"), "0.25"]
+    finished = _kill9_after(cmd, 2, settle_s=0.1)  # 0.1 s: now inside the third measurement
     before = {r["arch_id"]: r["created_at"] for r in _rows(store)}
     assert set(finished) <= set(before) and len(before) < len(models)
 
@@ -333,16 +340,7 @@ def test_kill9_before_the_first_calibration_settles_then_resume(tmp_path: Path) 
     store = tmp_path / "kill-anchored.sqlite"
     cmd = [sys.executable, str(HERE / "devices_profile_child.py"), str(store), str(tmp_path / "models"), "0.25", "2",
            str(anchor_model)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    finished = []
-    for line in proc.stdout:
-        finished.append(line.split()[1])
-        if len(finished) == 2:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
+    finished = _kill9_after(cmd, 2)
     with Store(store) as st:
         assert [k for k, _ in st._exec("SELECT key, value FROM meta WHERE key LIKE 'anchor_ms|%'")] == []
         early = {r["arch_id"]: st.measurement(r["fp_hash"], r["runtime_config"], r["arch_id"], 1, "fp32")

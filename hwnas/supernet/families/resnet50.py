@@ -61,6 +61,7 @@ from hwnas.supernet.family import (
     SearchSpace,
     SupernetModule,
     arch_fields,
+    cost_columns,
     gene_features,
     gene_onehot_names,
 )
@@ -982,15 +983,7 @@ class ResNet50Family(ConfigFamily):
     def _analytic_block(self, Xi: np.ndarray) -> np.ndarray:
         ns = self._space.n_stages
         c = cost_table(self.config).cost_vectors(Xi)
-        a = np.empty((len(Xi), 5 + 2 * ns), dtype=np.float32)
-        a[:, 0] = c["macs"] / 1e6
-        a[:, 1] = c["params"] / 1e6
-        a[:, 2] = c["peak_act"] / 1e6
-        a[:, 3] = c["resolution"]
-        a[:, 4] = c["n_blocks"]
-        a[:, 5:5 + ns] = c["stage_macs"] / 1e6
-        a[:, 5 + ns:] = c["stage_params"] / 1e6
-        return a
+        return cost_columns(np.empty((len(Xi), 5 + 2 * ns), dtype=np.float32), c, ns)
 
     # ------------------------------------------------------------------ layout
     def config_dict(self) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 
 from hwnas.supernet.families.mbv3.cost import cost_table
 from hwnas.supernet.families.mbv3.model import MBv3Config
+from hwnas.supernet.family import cost_columns
 
 _CHUNK = 32768  # rows per block when featurizing huge populations (bounds temporary memory)
 
@@ -68,15 +69,7 @@ def featurize_vectors(config: MBv3Config, X: np.ndarray, *, onehot: bool = True,
         ], axis=1)
         out[np.arange(n)[:, None], cols] = 1.0
     if analytic:
-        c = t.cost_vectors(X)
-        a = out[:, n_oh:n_oh + n_an]
-        a[:, 0] = c["macs"] / 1e6
-        a[:, 1] = c["params"] / 1e6
-        a[:, 2] = c["peak_act"] / 1e6
-        a[:, 3] = c["resolution"]
-        a[:, 4] = c["n_blocks"]
-        a[:, 5:5 + ns] = c["stage_macs"] / 1e6
-        a[:, 5 + ns:] = c["stage_params"] / 1e6
+        cost_columns(out[:, n_oh:n_oh + n_an], t.cost_vectors(X), ns)
     return out[:, :-1]
 
 
