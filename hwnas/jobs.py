@@ -67,6 +67,8 @@ class ProfileResult(_Result):
     # what the run's drift check of the anchor calibration found and did, and what the user should know
     calibration: dict | None = None
     warnings: list = field(default_factory=list)
+    # fleet profiling: each subnet taken from a board that failed, why, and the board that measured it
+    retries: list = field(default_factory=list)
     details: dict = field(default_factory=dict, repr=False)
 
 
@@ -204,15 +206,27 @@ def anchor_of(family: Any) -> tuple[str, dict]:
 # ---------------------------------------------------------------------------------- 1. profile
 def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples: int = 100, *,
             store: str | Path = DEFAULT_STORE, weights: str | Path | None = None, seed: int = 0,
-            time_cap_s: float | None = None, progress: Callable[[Any], None] | None = None) -> ProfileResult:
+            time_cap_s: float | None = None, progress: Callable[[Any], None] | None = None,
+            fleet: str | Path | None = None, ray_address: str | None = None) -> ProfileResult:
     """Measure the real latency of ``samples`` subnets (stratified small/medium/large; the smallest and
     largest included) on ``device`` into the SQLite ``store``, with anchored timing.  Resumable: subnets
     already in the store for this device fingerprint are skipped.  Latency does not depend on weight
-    values, so families without weights are profiled on their initialized weights."""
+    values, so families without weights are profiled on their initialized weights.
+
+    Several devices (a list, or a ``fleet`` file naming them) are profiled at once on Ray
+    (``hwnas.fleet.profile_fleet``): boards of one device kind share the work, other kinds get their
+    own rows; ``ray_address`` names a cluster (default: a local Ray instance for this job).  With a
+    ``fleet`` file the boards are its devices plus any ``device`` named other than the default."""
     from hwnas.devices import Store
     from hwnas.devices.profile import ProtocolSettings, as_spec, profile_archs, require_available, stratified_sample
 
-    spec = as_spec(device)
+    devices = list(device) if isinstance(device, (list, tuple)) else [device]
+    if fleet is not None or len(devices) > 1 or ray_address is not None:
+        # with a fleet file, the default device is not one of the boards unless named
+        named = [] if fleet is not None and devices == [DEFAULT_DEVICE] else devices
+        return _profile_fleet(named, supernet, samples, store=store, weights=weights, seed=seed,
+                              time_cap_s=time_cap_s, progress=progress, fleet=fleet, ray_address=ray_address)
+    spec = as_spec(devices[0])
     require_available(spec)
     net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
     fam = net.family
@@ -230,6 +244,44 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
                          subnets_per_min=summary["subnets_per_min"], anchor=summary.get("anchor"),
                          fp_hash=summary["fp_hash"], calibration=summary.get("calibration"),
                          warnings=list(summary.get("warnings") or []), details=summary)
+
+
+def _profile_fleet(devices: list, supernet: Any, samples: int, *, store: str | Path, weights: str | Path | None,
+                   seed: int, time_cap_s: float | None, progress: Callable[[Any], None] | None,
+                   fleet: str | Path | None, ray_address: str | None) -> ProfileResult:
+    """``profile`` over several boards on Ray; the devices given plus those of the ``fleet`` file."""
+    from hwnas.devices import Store
+    from hwnas.devices.profile import as_spec, stratified_sample
+    from hwnas.fleet import load_fleet_file, profile_fleet
+
+    specs = [as_spec(d) for d in devices]
+    if fleet is not None:
+        more, address = load_fleet_file(fleet)
+        specs += more
+        ray_address = ray_address or address
+    net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
+    fam = net.family
+    archs = stratified_sample(net.space, samples, seed, lambda a: fam.arch_cost(a)["macs"])
+    with job_tempdir("hwnas-profile-") as tmp, Store(store) as st:
+        builders: dict[int, Any] = {}
+
+        def build(spec: Any, arch: dict) -> Any:
+            if spec.batch not in builders:
+                builders[spec.batch] = supernet_model_builder(net, "onnx", tmp, batch=spec.batch)
+            return builders[spec.batch](arch)
+
+        summary = profile_fleet(st, specs, archs, build, fam.name, time_cap_s=time_cap_s, progress=progress,
+                                address=ray_address)
+    summary.update(supernet=fam.name, store=str(store))
+    warnings = [f"{d['device']}: {len(d['unmeasured'])} subnets not measured, {d['gave_up']}; run the same "
+                "command again to measure them" for d in summary["devices"] if d["unmeasured"]]
+    warnings += [f"board {name} left out: {b['last_error']}" for name, b in summary["boards"].items()
+                 if b["group"] < 0]
+    return ProfileResult(device=", ".join(summary["fleet"]), supernet=fam.name, store=str(store),
+                         measured=summary["measured"], skipped=summary["skipped"], failed=list(summary["failed"]),
+                         wall_s=summary["wall_s"], subnets_per_min=summary["subnets_per_min"],
+                         fp_hash=",".join(d["fp_hash"] for d in summary["devices"]), warnings=warnings,
+                         retries=list(summary["retries"]), details=summary)
 
 
 def profile_model(model: str | Path, device: Any = DEFAULT_DEVICE, *, store: str | Path | None = None,

@@ -21,6 +21,8 @@ fi
 # the openvino extra (openvino + nncf, ~190 MB): --format best and hwnas run then also time OpenVINO engines
 pip install -q -e ".[test,openvino]"
 if [ "${1:-}" = "--test" ]; then
+  # Ray (~250 MB): the fleet-profiling and parallel-evaluation tests run on a local instance
+  pip install -q -e ".[ray]"
   # OFA's own code, to check that its checkpoints load and compute the same (no extra deps pulled)
   pip install -q --no-deps "ofa==0.1.0.post202307202001"
 fi

@@ -125,10 +125,16 @@ def agent_serve_cmd(
 @app.command("profile")
 def profile_cmd(
     model: Optional[Path] = typer.Argument(None, help="Measure this ONNX file instead of supernet subnets."),
-    device: str = typer.Option("ort-cpu-1t", "--device", "-d", help="Device spec name or .toml path."),
+    device: Optional[list[str]] = typer.Option(None, "--device", "-d", help="Device spec name or .toml path "
+                                               "[default: ort-cpu-1t]; repeat it to profile several boards at "
+                                               "once on Ray (boards of one kind share the work)."),
     supernet: str = typer.Option("mbv3_fmnist", help="Supernet family whose subnets to profile."),
     samples: int = typer.Option(100, help="Subnets to measure (stratified small/medium/large; min and max included).",
                                 callback=number(2)),
+    fleet: Optional[Path] = typer.Option(None, help="A fleet file (TOML: devices = [...], optional ray_address) "
+                                         "naming the boards to profile at once on Ray."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address for a fleet [default: "
+                                              "$HWNAS_RAY_ADDRESS, else a local Ray instance for this job]."),
     weights: Optional[Path] = typer.Option(None, help="Weights (latency does not depend on them)."),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="SQLite measurement store."),
     seed: int = typer.Option(0, callback=SEED),
@@ -145,6 +151,12 @@ def profile_cmd(
     from hwnas.errors import OptionValueError
 
     shapes = parse_input_shapes(input_shape)
+    devices = list(device or [])
+    many = len(devices) > 1 or fleet is not None or ray_address is not None
+    if model is not None and many:
+        raise OptionValueError("a MODEL file is measured on one device; give one --device (no --fleet)")
+    if not many:
+        device = devices[0] if devices else "ort-cpu-1t"
     if shapes is not None and model is None:
         raise OptionValueError("--input-shape sets the input shape of an ONNX MODEL; pass the model "
                                "(hwnas profile model.onnx --input-shape ...)")
@@ -157,6 +169,9 @@ def profile_cmd(
                        f"IQR {m['iqr_ms']:.3f} ms, n={m['n']}, CV {m['cv']:.3f} ({m.get('scale') or 'isolated'} scale: this file alone, lower quartile of its 30-run window medians)")
 
         emit(res1, json_, human1)
+        return
+    if many:
+        _profile_fleet_cmd(jobs, devices, fleet, ray_address, supernet, samples, store, weights, seed, time_cap, json_)
         return
     with progress_bar(f"profiling {device}", samples, enabled=not json_) as update:
         res = jobs.profile(device, supernet, samples, store=store, weights=weights, seed=seed, time_cap_s=time_cap,
@@ -181,6 +196,41 @@ def profile_cmd(
             typer.echo(f"warning: {w}", err=True)
 
     emit(res, json_, human)
+
+
+def _profile_fleet_cmd(jobs, devices, fleet, ray_address, supernet, samples, store, weights, seed, time_cap,
+                       json_) -> None:
+    """``hwnas profile`` over several boards (Ray)."""
+    done = [0]
+
+    def tick(update, ev):
+        done[0] += 1  # events come in the order the boards finish, one per subnet
+        update(done[0], ev.total, f"{ev.arch_id[:24]:<24} {ev.status}" + (f" on {ev.board}" if ev.board else ""))
+
+    label = ", ".join(devices) or str(fleet)
+    with progress_bar(f"profiling {label}", None, enabled=not json_) as update:
+        res = jobs.profile(devices or "ort-cpu-1t", supernet, samples, store=store, weights=weights, seed=seed,
+                           time_cap_s=time_cap, fleet=fleet, ray_address=ray_address,
+                           progress=lambda ev: tick(update, ev)).to_dict()
+
+    def human(d):
+        r, ray = d, d["ray"]
+        typer.echo(f"fleet of {len(d['boards'])} boards on Ray ({'a local instance, started in ' + format(ray['start_s'], '.1f') + ' s' if ray['local'] else ray['address']}): "
+                   f"{r['measured']} measured, {r['skipped']} already in store, {len(r['failed'])} failed in "
+                   f"{r['wall_s']:.0f} s ({r['subnets_per_min']:.1f} subnets/min); store {r['store']}")
+        for g in d["devices"]:
+            boards = ", ".join(f"{b} {d['boards'][b]['measured']}" for b in g["boards"])
+            typer.echo(f"  {g['device']} ({g['runtime_config']}, isolated scale): {g['measured']} measured "
+                       f"(by board: {boards})")
+        for t in r["retries"]:
+            typer.echo(f"  retried {t['arch_id']}: taken from {t['board']} ({t['reason']}); measured by "
+                       f"{t['measured_by'] or 'nobody yet'}")
+        for w in r.get("warnings") or []:
+            typer.echo(f"warning: {w}", err=True)
+
+    emit(res, json_, human)
+    if res["unmeasured"]:
+        raise typer.Exit(1)
 
 
 predictor_app = typer.Typer(help="Fit and evaluate latency and accuracy predictors.", no_args_is_help=True)

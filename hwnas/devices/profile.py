@@ -39,6 +39,7 @@ class ProfileEvent:
     status: str  # "measured" | "skipped" | "failed"
     median_ms: float | None = None
     error: str | None = None
+    board: str | None = None  # fleet profiling: the board that measured it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
