@@ -59,6 +59,8 @@ def ray_session(address: str | None = None, *, resources: Mapping[str, float] | 
     t0 = time.perf_counter()
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
                           "configure_logging": True}
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kw)
@@ -73,6 +75,28 @@ def ray_session(address: str | None = None, *, resources: Mapping[str, float] | 
         yield {"address": address or "local", "local": not address, "start_s": time.perf_counter() - t0}
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with one line, on a cluster address nothing answers at (Ray itself retries
+    for minutes).  ``auto`` and addresses without a port are left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto":
+        return
+    u = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = u.hostname, u.port
+    except ValueError:
+        raise RayClusterError(f"Ray address {address!r} is not HOST:PORT") from None
+    if not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise RayClusterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                              "ray start --head on that machine, or leave out the address to run Ray locally") from None
 
 
 def check_resources(needed: Mapping[str, float]) -> None:
