@@ -54,6 +54,10 @@ def supernet_eval_cmd(
     data: Optional[Path] = typer.Option(None, help="Your data: an image folder (one folder per class), train/ and "
                                                    "val/ folders, an .npz of images and labels, or a Fashion-MNIST "
                                                    "IDX directory (default: the family's shipped set)."),
+    workers: int = typer.Option(0, help="With --samples: evaluate on N Ray workers at once (a GPU each when the "
+                                "cluster has them; needs hwnas[ray]); 0: in this process.", callback=number(0)),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address for --workers [default: "
+                                              "$HWNAS_RAY_ADDRESS, else a local Ray instance]."),
     json_: bool = JSON_OPT,
 ) -> None:
     """BN recalibration then top-1 of one arch, or of N sampled archs written to the store."""
@@ -62,7 +66,8 @@ def supernet_eval_cmd(
     with progress_bar("evaluating", samples + 2 if samples else 1, enabled=not json_) as update:
         res = evaluate_job(supernet=supernet, weights=str(weights) if weights else None, arch=arch,
                            samples=samples, split=split, store_path=store, seed=seed,
-                           data_dir=str(data) if data else None, progress=update)
+                           data_dir=str(data) if data else None, progress=update, workers=workers,
+                           ray_address=ray_address)
 
     def human(r):
         if "accuracy" in r:
@@ -70,7 +75,10 @@ def supernet_eval_cmd(
         else:
             typer.echo(f"evaluated {r['evaluated']} archs on {r['split']} ({r['skipped']} already stored) in "
                        f"{r['seconds']:.0f} s ({r['archs_per_minute']:.1f} archs/min); top-1 min/median/max "
-                       f"{r['acc_min']:.4f}/{r['acc_median']:.4f}/{r['acc_max']:.4f}; store {r['store']}")
+                       f"{r['acc_min']:.4f}/{r['acc_median']:.4f}/{r['acc_max']:.4f}; store {r['store']}"
+                       + (f"; {r['workers']} Ray workers" if r.get("workers") else ""))
+            for t in r.get("retried") or []:
+                typer.echo(f"  retried {t['arch_id']}: its worker died ({t['reason']})")
 
     emit(res, json_, human)
 

@@ -67,7 +67,11 @@ def open_eval_data(family, data: str | Path | None = None, split: str = "val"):
 
 def evaluate_job(supernet: str, weights: str | None, arch: str | None, samples: int, split: str,
                  store_path: str | Path, seed: int = 0, data_dir: str | None = None,
-                 progress: Callable[..., None] | None = None) -> dict:
+                 progress: Callable[..., None] | None = None, workers: int = 0,
+                 ray_address: str | None = None) -> dict:
+    """One arch's accuracy, or ``samples`` sampled archs' into the store (resumable).  With ``workers``
+    >= 1 the archs are evaluated on that many Ray workers (``hwnas.fleet.evaluate``), each computing
+    exactly what this process would."""
     if split not in SPLITS:
         raise DataError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     if arch is None and samples <= 0:
@@ -76,7 +80,7 @@ def evaluate_job(supernet: str, weights: str | None, arch: str | None, samples: 
     if net.weights_hash == "init":
         raise DataError(f"supernet {supernet} has no trained weights here; pass --weights PATH")
     data = open_eval_data(net.family, data_dir, split)
-    split = data.split
+    data_split_arg, split = split, data.split
     n_images = len(data.labels)
     if arch is not None:
         a = net.space.normalize(parse_arch(arch))
@@ -94,6 +98,22 @@ def evaluate_job(supernet: str, weights: str | None, arch: str | None, samples: 
     skipped = 0
     t0 = time.perf_counter()
     Path(store_path).parent.mkdir(parents=True, exist_ok=True)
+    if workers:
+        from hwnas.fleet.evaluate import evaluate_parallel
+
+        with Store(store_path) as store:
+            par = evaluate_parallel(store, supernet, weights, archs, weights_hash=net.weights_hash, space=net.space,
+                                    split=split, n_images=n_images, data_dir=data_dir, data_split=data_split_arg,
+                                    workers=workers, address=ray_address, progress=progress)
+        secs = time.perf_counter() - t0
+        accs = [par["accuracies"][net.space.arch_id(a)] for a in archs if net.space.arch_id(a) in par["accuracies"]]
+        return {"evaluated": par["evaluated"], "skipped": par["skipped"], "failed": par["failed"],
+                "retried": par["retried"], "workers": workers, "ray": par["ray"], "split": split,
+                "n_images": n_images, "seconds": round(secs, 1),
+                "archs_per_minute": par["evaluated"] / secs * 60 if par["evaluated"] else 0.0,
+                "acc_min": min(accs) if accs else None, "acc_median": statistics.median(accs) if accs else None,
+                "acc_max": max(accs) if accs else None,
+                "store": str(store_path), "supernet": supernet, "weights_hash": net.weights_hash}
     with Store(store_path) as store:
         done = {r["arch_id"]: r["accuracy"] for r in store.accuracies(net.weights_hash, split)}
         for i, a in enumerate(archs):
