@@ -213,7 +213,7 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
     already in the store for this device fingerprint are skipped.  Latency does not depend on weight
     values, so families without weights are profiled on their initialized weights.
 
-    Several devices (a list, or a ``fleet`` file naming them) are profiled at once on Ray
+    A list of devices (or a ``fleet`` file naming them) is profiled at once on Ray
     (``hwnas.fleet.profile_fleet``): boards of one device kind share the work, other kinds get their
     own rows; ``ray_address`` names a cluster (default: a local Ray instance for this job).  With a
     ``fleet`` file the boards are its devices plus any ``device`` named other than the default."""
@@ -221,7 +221,7 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
     from hwnas.devices.profile import ProtocolSettings, as_spec, profile_archs, require_available, stratified_sample
 
     devices = list(device) if isinstance(device, (list, tuple)) else [device]
-    if fleet is not None or len(devices) > 1 or ray_address is not None:
+    if fleet is not None or isinstance(device, (list, tuple)) or ray_address is not None:
         # with a fleet file, the default device is not one of the boards unless named
         named = [] if fleet is not None and devices == [DEFAULT_DEVICE] else devices
         return _profile_fleet(named, supernet, samples, store=store, weights=weights, seed=seed,

@@ -403,7 +403,11 @@ class _Scheduler:
             if not refs:
                 time.sleep(0.05)
                 continue
-            ready, _ = self.ray.wait(refs, num_returns=1, timeout=0.2)
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=0)
+            if not ready and self._prefetch():  # export the next subnet while the boards measure
+                continue
+            if not ready:
+                ready, _ = self.ray.wait(refs, num_returns=1, timeout=0.2)
             for ref in ready:
                 self._collect(ref)
             self._deadlines(time.monotonic())
@@ -427,6 +431,26 @@ class _Scheduler:
             ref = b.actor.measure.remote(arch_id, data, suffix, shape, g.settings.to_dict())
             g.taken[arch_id] = (i, arch_id, arch)
             b.state, b.inflight = "busy", (arch_id, ref, time.monotonic() + self._timeout(g))
+
+    def _prefetch(self) -> bool:
+        """Build the model of one queued subnet ahead (at most one per board of its group); whether
+        one was built.  A subnet that cannot be built is left for ``_dispatch`` to report."""
+        for gi, g in enumerate(self.groups):
+            if g.gave_up:
+                continue
+            ahead = sum(1 for (k, _) in self.payloads if k == gi) - len(g.taken)
+            if ahead >= len(g.boards):
+                continue
+            for _, arch_id, arch in g.todo:
+                if (gi, arch_id) not in self.payloads:
+                    try:
+                        self._payload(gi, g, arch_id, arch)
+                    except ProfileError:
+                        raise
+                    except HwnasError:
+                        return False
+                    return True
+        return False
 
     def _collect(self, ref: Any) -> None:
         b = next((x for x in self.boards if x.inflight and x.inflight[1] == ref), None)
