@@ -207,7 +207,8 @@ def anchor_of(family: Any) -> tuple[str, dict]:
 def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples: int = 100, *,
             store: str | Path = DEFAULT_STORE, weights: str | Path | None = None, seed: int = 0,
             time_cap_s: float | None = None, progress: Callable[[Any], None] | None = None,
-            fleet: str | Path | None = None, ray_address: str | None = None) -> ProfileResult:
+            fleet: str | Path | None = None, ray_address: str | None = None,
+            board_wait_s: float = 120.0) -> ProfileResult:
     """Measure the real latency of ``samples`` subnets (stratified small/medium/large; the smallest and
     largest included) on ``device`` into the SQLite ``store``, with anchored timing.  Resumable: subnets
     already in the store for this device fingerprint are skipped.  Latency does not depend on weight
@@ -215,7 +216,8 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
 
     A list of devices (or a ``fleet`` file naming them) is profiled at once on Ray
     (``hwnas.fleet.profile_fleet``): boards of one device kind share the work, other kinds get their
-    own rows; ``ray_address`` names a cluster (default: a local Ray instance for this job).  With a
+    own rows; ``ray_address`` names a cluster (default: a local Ray instance for this job);
+    ``board_wait_s``: how long a device kind may have no board answering before its rest is left.  With a
     ``fleet`` file the boards are its devices plus any ``device`` named other than the default."""
     from hwnas.devices import Store
     from hwnas.devices.profile import ProtocolSettings, as_spec, profile_archs, require_available, stratified_sample
@@ -225,7 +227,8 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
         # with a fleet file, the default device is not one of the boards unless named
         named = [] if fleet is not None and devices == [DEFAULT_DEVICE] else devices
         return _profile_fleet(named, supernet, samples, store=store, weights=weights, seed=seed,
-                              time_cap_s=time_cap_s, progress=progress, fleet=fleet, ray_address=ray_address)
+                              time_cap_s=time_cap_s, progress=progress, fleet=fleet, ray_address=ray_address,
+                              board_wait_s=board_wait_s)
     spec = as_spec(devices[0])
     require_available(spec)
     net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
@@ -248,7 +251,7 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
 
 def _profile_fleet(devices: list, supernet: Any, samples: int, *, store: str | Path, weights: str | Path | None,
                    seed: int, time_cap_s: float | None, progress: Callable[[Any], None] | None,
-                   fleet: str | Path | None, ray_address: str | None) -> ProfileResult:
+                   fleet: str | Path | None, ray_address: str | None, board_wait_s: float) -> ProfileResult:
     """``profile`` over several boards on Ray; the devices given plus those of the ``fleet`` file."""
     from hwnas.devices import Store
     from hwnas.devices.profile import as_spec, stratified_sample
@@ -271,7 +274,7 @@ def _profile_fleet(devices: list, supernet: Any, samples: int, *, store: str | P
             return builders[spec.batch](arch)
 
         summary = profile_fleet(st, specs, archs, build, fam.name, time_cap_s=time_cap_s, progress=progress,
-                                address=ray_address)
+                                address=ray_address, board_wait_s=board_wait_s)
     summary.update(supernet=fam.name, store=str(store))
     warnings = [f"{d['device']}: {len(d['unmeasured'])} subnets not measured, {d['gave_up']}; run the same "
                 "command again to measure them" for d in summary["devices"] if d["unmeasured"]]

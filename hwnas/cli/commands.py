@@ -26,16 +26,39 @@ def supernet_train_cmd(
     seed: int = typer.Option(0, callback=SEED),
     data: Optional[Path] = typer.Option(None, help="Fashion-MNIST IDX directory."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Train on N processes that share each global batch "
+                                        "(torch.distributed under torchrun: gloo on CPU, nccl on one GPU each); "
+                                        "they train what one process trains, from and to the same checkpoints.",
+                                        callback=COUNT),
     json_: bool = JSON_OPT,
 ) -> None:
-    """Sandwich-rule training with in-place distillation; resumes from OUT/checkpoint.pt if present."""
-    from hwnas.supernet.train import TrainConfig, train_supernet
+    """Sandwich-rule training with in-place distillation; resumes from OUT/checkpoint.pt if present.
+
+    Also runs under ``torchrun --nproc-per-node N -m hwnas supernet train ...``, as ``--nproc N`` does."""
+    from hwnas.errors import OptionValueError
+    from hwnas.supernet.distributed import check_batch_split, launch, launched_rank
+    from hwnas.supernet.train import TrainConfig, check_resumable, train_supernet
 
     cfg = TrainConfig.for_family(supernet, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                  n_random=n_random, seed=seed, device=device)
-    with progress_bar("training", None, enabled=not json_) as update:
+    world_size, rank = launched_rank()
+    if nproc is not None and nproc > 1:
+        if world_size > 1:
+            raise OptionValueError("--nproc starts the processes itself; leave it out under torchrun")
+        check_batch_split(cfg.batch_size, nproc)  # one line here rather than one per worker
+        check_resumable(cfg, out)
+        args = ["supernet", "train", "--out", str(out), "--supernet", supernet, "--epochs", str(epochs),
+                "--batch-size", str(batch_size), "--n-random", str(n_random), "--seed", str(seed), "--device", device]
+        args += ["--lr", repr(lr)] if lr is not None else []
+        args += ["--optimizer", optimizer] if optimizer is not None else []
+        args += ["--data", str(data)] if data else []
+        launch(nproc, args + (["--json"] if json_ else []))  # rank 0 prints the result
+        return
+    with progress_bar("training", None, enabled=not json_ and rank == 0) as update:
         res = train_supernet(cfg, out, str(data) if data else None,
                              progress=lambda s, t, info: update(s, t, f"epoch {info['epoch']} loss {info['loss']:.3f}"))
+    if rank != 0:
+        return
     emit(res, json_, lambda r: typer.echo(
         f"trained in {r['train_seconds']:.0f} s: val top-1 largest {r['val_top1_max']:.4f}, smallest "
         f"{r['val_top1_min']:.4f}; weights {out / 'supernet.pt'}"))
@@ -143,6 +166,8 @@ def profile_cmd(
                                          "naming the boards to profile at once on Ray."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address for a fleet [default: "
                                               "$HWNAS_RAY_ADDRESS, else a local Ray instance for this job]."),
+    board_wait: float = typer.Option(120.0, help="Fleet: seconds a device kind may have no board answering before "
+                                     "its remaining subnets are left for a rerun.", callback=SECONDS),
     weights: Optional[Path] = typer.Option(None, help="Weights (latency does not depend on them)."),
     store: Path = typer.Option(Path("hwnas-out/store.sqlite"), help="SQLite measurement store."),
     seed: int = typer.Option(0, callback=SEED),
@@ -179,7 +204,8 @@ def profile_cmd(
         emit(res1, json_, human1)
         return
     if many:
-        _profile_fleet_cmd(jobs, devices, fleet, ray_address, supernet, samples, store, weights, seed, time_cap, json_)
+        _profile_fleet_cmd(jobs, devices, fleet, ray_address, board_wait, supernet, samples, store, weights, seed,
+                           time_cap, json_)
         return
     with progress_bar(f"profiling {device}", samples, enabled=not json_) as update:
         res = jobs.profile(device, supernet, samples, store=store, weights=weights, seed=seed, time_cap_s=time_cap,
@@ -206,8 +232,8 @@ def profile_cmd(
     emit(res, json_, human)
 
 
-def _profile_fleet_cmd(jobs, devices, fleet, ray_address, supernet, samples, store, weights, seed, time_cap,
-                       json_) -> None:
+def _profile_fleet_cmd(jobs, devices, fleet, ray_address, board_wait, supernet, samples, store, weights, seed,
+                       time_cap, json_) -> None:
     """``hwnas profile`` over several boards (Ray)."""
     done = [0]
 
@@ -218,7 +244,7 @@ def _profile_fleet_cmd(jobs, devices, fleet, ray_address, supernet, samples, sto
     label = ", ".join(devices) or str(fleet)
     with progress_bar(f"profiling {label}", None, enabled=not json_) as update:
         res = jobs.profile(devices or "ort-cpu-1t", supernet, samples, store=store, weights=weights, seed=seed,
-                           time_cap_s=time_cap, fleet=fleet, ray_address=ray_address,
+                           time_cap_s=time_cap, fleet=fleet, ray_address=ray_address, board_wait_s=board_wait,
                            progress=lambda ev: tick(update, ev)).to_dict()
 
     def human(d):

@@ -239,3 +239,13 @@ def test_cli_profiles_a_fleet_on_a_local_ray(agents, tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as st:
         rows = st.measurements()
     assert len({r["arch_id"] for r in rows}) == 6 and {r["supernet"] for r in rows} == {"mbv3_fmnist"}
+
+
+def test_lone_board_waits_for_its_worker_to_come_back(ray_local, agents, tmp_path: Path) -> None:
+    # no other board of its kind: the subnet waits for Ray to restart the board's actor
+    spec = board_spec(tmp_path, BOARDS[0], agents[0][1])
+    out, rows = run(tmp_path, [spec], archs=ARCHS[:6], after=lambda info: os.kill(info["pids"][BOARDS[0]],
+                                                                                    signal.SIGKILL), at=2,
+                    max_probe_pause_s=0.5)
+    check_all_once(out, rows, n=6)
+    assert [r["measured_by"] for r in out["retries"]] == [BOARDS[0]]
