@@ -131,6 +131,15 @@ def export_rate(n: int) -> None:
           f"{n} (a ceiling of {60 / statistics.median(times):.0f} subnets/min for one driver process)")
 
 
+def res_m(store: Path) -> list:
+    """The stored measurements of a store (with their timing fields)."""
+    from hwnas.devices import Store
+
+    with Store(store) as st:
+        return [st.measurement(x["fp_hash"], x["runtime_config"], x["arch_id"], x["batch"], x["precision"])
+                for x in st.measurements()]
+
+
 def throughput(n: int, time_cap: float) -> None:
     import hwnas
 
@@ -150,11 +159,15 @@ def throughput(n: int, time_cap: float) -> None:
                 start = det["ray"]["start_s"] if k else 0.0
                 with hwnas.devices.Store(store) as st:
                     res[k] = {x["arch_id"]: x["median_ms"] for x in st.measurements()}
-                boards = {b: v["measured"] for b, v in det["boards"].items()} if k else {files[0]: r.measured}
                 print(f"{label}: {n} mbv3_fmnist subnets, time cap {time_cap:g} s: {r.measured / wall * 60:.1f} "
                       f"subnets/min over the whole job ({wall:.1f} s, of which Ray start {start:.1f} s); "
-                      f"{r.measured / (wall - start) * 60:.1f} subnets/min without the start; by board "
-                      f"{ {Path(b).stem: v for b, v in boards.items()} }")
+                      f"{r.measured / (wall - start) * 60:.1f} subnets/min without the start")
+                if k:  # where a board's time went: inside its actor (upload, load, protocol) vs waiting
+                    for b, v in det["boards"].items():
+                        print(f"  {b}: {v['measured']} subnets, {v['busy_s']:.1f} s in the actor's measure calls, "
+                              f"{v['turnaround_s']:.1f} s from hand-out to result")
+                print(f"  inside the protocol (the agents' measurement wall time): "
+                      f"{sum(st_m.wall_s for st_m in res_m(store)):.1f} s")
             for k in (1, 2):
                 common = sorted(set(res[0]) & set(res[k]))
                 ratio = np.array([res[k][a] / res[0][a] for a in common])

@@ -83,12 +83,14 @@ class BoardWorker:
         with kind ``unavailable`` (the board: retry elsewhere) or ``model`` (this subnet: reported failed)."""
         path = self.tmp / f"{arch_id}{suffix}"
         s = ProtocolSettings.from_mapping(settings)
+        t0 = time.perf_counter()
         try:
             path.write_bytes(payload)
             with create_backend(self.spec, model=path, input_shape=input_shape) as backend:
                 m = combine_rounds([backend.measure(visit_settings(s, r)) for r in range(max(int(s.rounds), 1))])
                 fp = getattr(backend, "last_fingerprint", None) or backend.fingerprint()
-            return {"ok": True, "measurement": m.to_dict(), "fp_hash": fp.fp_hash, "pid": os.getpid()}
+            return {"ok": True, "measurement": m.to_dict(), "fp_hash": fp.fp_hash, "pid": os.getpid(),
+                    "seconds": time.perf_counter() - t0}
         except DeviceUnavailableError as exc:
             return {"ok": False, "kind": "unavailable", "error": str(exc)}
         except HwnasError as exc:
@@ -165,8 +167,11 @@ class FleetBoard:
     measured: int = 0
     failed: int = 0
     retried_away: int = 0
+    busy_s: float = 0.0  # inside the actor's measure calls (upload, load, protocol): the board's share
+    turnaround_s: float = 0.0  # from hand-out to the driver having the result
     last_error: str | None = None
     pid: int | None = None
+    handed_out: float = 0.0
 
     @property
     def name(self) -> str:
@@ -174,7 +179,8 @@ class FleetBoard:
 
     def to_dict(self) -> dict[str, Any]:
         return {"group": self.group, "state": self.state, "measured": self.measured, "failed": self.failed,
-                "retried_away": self.retried_away, "last_error": self.last_error}
+                "retried_away": self.retried_away, "last_error": self.last_error, "busy_s": self.busy_s,
+                "turnaround_s": self.turnaround_s}
 
 
 @dataclass
@@ -431,6 +437,7 @@ class _Scheduler:
             ref = b.actor.measure.remote(arch_id, data, suffix, shape, g.settings.to_dict())
             g.taken[arch_id] = (i, arch_id, arch)
             b.state, b.inflight = "busy", (arch_id, ref, time.monotonic() + self._timeout(g))
+            b.handed_out = time.monotonic()
 
     def _prefetch(self) -> bool:
         """Build the model of one queued subnet ahead (at most one per board of its group); whether
@@ -504,6 +511,8 @@ class _Scheduler:
         g.done.add(arch_id)
         g.measured += 1
         b.measured += 1
+        b.busy_s += res["seconds"]
+        b.turnaround_s += time.monotonic() - b.handed_out
         self.timed.append({"group": g, "timed_s": m.timed_s})
         for r in self.retries:
             if r["arch_id"] == arch_id and r["device"] == g.spec.name and r["measured_by"] is None:
