@@ -71,5 +71,9 @@ class OutputError(HwnasError, OSError):
     """An output file cannot be written (missing or unwritable location, disk full)."""
 
 
+class DistributedError(HwnasError, RuntimeError):
+    """Multi-process training could not start, or one of its workers failed."""
+
+
 class OptionValueError(HwnasError, ValueError):
     """A number given on the command line (or to a job) is not finite or outside its range."""

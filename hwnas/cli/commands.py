@@ -36,7 +36,7 @@ def supernet_train_cmd(
 
     Also runs under ``torchrun --nproc-per-node N -m hwnas supernet train ...``, as ``--nproc N`` does."""
     from hwnas.errors import OptionValueError
-    from hwnas.supernet.distributed import check_batch_split, launch, launched_rank
+    from hwnas.supernet.distributed import check_launch, launch, launched_rank
     from hwnas.supernet.train import TrainConfig, check_resumable, train_supernet
 
     cfg = TrainConfig.for_family(supernet, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -45,7 +45,7 @@ def supernet_train_cmd(
     if nproc is not None and nproc > 1:
         if world_size > 1:
             raise OptionValueError("--nproc starts the processes itself; leave it out under torchrun")
-        check_batch_split(cfg.batch_size, nproc)  # one line here rather than one per worker
+        check_launch(device, cfg.batch_size, nproc)  # one line here rather than one per worker
         check_resumable(cfg, out)
         args = ["supernet", "train", "--out", str(out), "--supernet", supernet, "--epochs", str(epochs),
                 "--batch-size", str(batch_size), "--n-random", str(n_random), "--seed", str(seed), "--device", device]

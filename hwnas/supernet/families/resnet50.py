@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.errors import ArchError
+from hwnas.supernet.distributed import batch_norm
 from hwnas.supernet.family import (
     ConfigFamily,
     SearchSpace,
@@ -465,8 +466,8 @@ class ElasticBatchNorm2d(nn.Module):
         if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
             bn.num_batches_tracked += 1
             momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
-                            bn.training or not bn.track_running_stats, momentum, bn.eps)
+        return batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
+                          bn.training or not bn.track_running_stats, momentum, bn.eps)
 
 
 class ElasticConvLayer(nn.Module):

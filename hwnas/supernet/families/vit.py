@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.errors import ArchError
+from hwnas.supernet.distributed import batch_norm
 from hwnas.supernet.family import ConfigFamily, SearchSpace, SupernetModule, arch_fields, gene_features, gene_onehot_names
 from hwnas.supernet.registry import register_family_kind, register_supernet
 
@@ -323,10 +324,10 @@ class ElasticViT(SupernetModule):
         a = self._active
         e = a["e"]
         x = self.stem(x)
-        x = F.batch_norm(F.conv2d(x, self.embed.weight[:e], None, 2, 1),
-                         self.embed_bn.running_mean[:e], self.embed_bn.running_var[:e], self.embed_bn.weight[:e],
-                         self.embed_bn.bias[:e], self.training or not self.embed_bn.track_running_stats,
-                         self.embed_bn.momentum, self.embed_bn.eps)
+        x = batch_norm(F.conv2d(x, self.embed.weight[:e], None, 2, 1),
+                       self.embed_bn.running_mean[:e], self.embed_bn.running_var[:e], self.embed_bn.weight[:e],
+                       self.embed_bn.bias[:e], self.training or not self.embed_bn.track_running_stats,
+                       self.embed_bn.momentum, self.embed_bn.eps)
         x = x + _resize_pos(self.pos_embed[:, :e], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
         for i in range(a["d"]):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas.supernet.distributed import batch_norm
+
 
 def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
     """Round ``v`` to a multiple of ``divisor`` without dropping more than 10% (MobileNet rule)."""
@@ -201,8 +203,8 @@ class DynamicBatchNorm2d(nn.Module):
             if bn.momentum is None:
                 momentum = 1.0 / float(bn.num_batches_tracked)
         use_batch = self.training or not bn.track_running_stats
-        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
-                            use_batch, momentum, bn.eps)
+        return batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
+                          use_batch, momentum, bn.eps)
 
 
 class DynamicSE(nn.Module):
