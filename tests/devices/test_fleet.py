@@ -134,7 +134,7 @@ def test_agent_killed_halfway(ray_local, agents, tmp_path: Path) -> None:
     assert out["boards"][BOARDS[0]]["state"] == "down" and by_board[BOARDS[1]] > 20
 
 
-def test_ray_worker_killed_board_rejoins(ray_local, agents, tmp_path: Path) -> None:
+def test_ray_worker_killed(ray_local, agents, tmp_path: Path) -> None:
     specs = [board_spec(tmp_path, BOARDS[k], url) for k, (_, url) in enumerate(agents)]
     def kill_actor(info):
         os.kill(info["pids"][BOARDS[0]], signal.SIGKILL)
@@ -144,8 +144,8 @@ def test_ray_worker_killed_board_rejoins(ray_local, agents, tmp_path: Path) -> N
     retried = [r for r in out["retries"] if r["board"] == BOARDS[0]]
     assert retried and all("Ray worker died" in r["reason"] for r in retried)
     assert all(r["measured_by"] for r in retried)
-    # Ray restarted the actor, and the board's probe found it answering again: it is back in the pool
-    assert out["boards"][BOARDS[0]]["state"] == "idle"
+    # whether Ray's restart of the actor lands before the other board finishes is a race here; the
+    # lone-board test below shows the board coming back
 
 
 def test_board_that_stops_answering(ray_local, agents, tmp_path: Path) -> None:
