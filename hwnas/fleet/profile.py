@@ -243,14 +243,14 @@ def profile_fleet(
         for spec in specs:
             env = {spec.token_env: os.environ[spec.token_env]} if spec.token_env and spec.token_env in os.environ else {}
             actor = actor_cls.options(num_cpus=0, resources={board_resource(spec.name): 1.0}, max_restarts=-1,
-                                      max_task_retries=0, name=None).remote(spec, env)
+                                      max_task_retries=0).remote(spec, env)
             boards.append(FleetBoard(spec=spec, actor=actor))
         keys = _board_keys(ray, boards, GetTimeoutError, RayError)
         groups = _make_groups(store, boards, keys, settings, time_cap_s)
         if not groups:
             raise DeviceUnavailableError("no board of the fleet answers: " + "; ".join(
                 f"{b.name}: {b.last_error}" for b in boards))
-        for gi, g in enumerate(groups):
+        for g in groups:
             for i, (arch_id, arch) in enumerate(items, start=1):
                 if arch_id in g.done:
                     g.skipped += 1
