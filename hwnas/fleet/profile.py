@@ -258,9 +258,13 @@ def profile_fleet(
                         progress(ProfileEvent(i, len(items), arch_id, "skipped"))
                 else:
                     g.todo.append((i, arch_id, arch))
-        pids = dict(zip([b.name for b in boards], ray.get([b.actor.pid.remote() for b in boards], timeout=60)))
-        for b in boards:
-            b.pid = pids[b.name]
+        live = [b for b in boards if b.group >= 0]
+        try:
+            pids = dict(zip([b.name for b in live], ray.get([b.actor.pid.remote() for b in live], timeout=60)))
+        except (GetTimeoutError, RayError):  # a worker that died since it answered: the scheduler retries it
+            pids = {}
+        for b in live:
+            b.pid = pids.get(b.name)
         if on_start:
             on_start({"pids": pids, "ray": session})
         sched = _Scheduler(ray, RayError, store, groups, boards, build_model, supernet_name, progress, len(items),
