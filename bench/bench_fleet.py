@@ -65,10 +65,12 @@ def ray_costs() -> None:
             out.append(time.perf_counter() - t)
     import ray
 
+    from hwnas.fleet.cluster import LOCAL_NODE_IP
+
     starts = []
     for _ in range(3):
         t = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.2")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address=LOCAL_NODE_IP)
         starts.append(time.perf_counter() - t)
         ray.shutdown()
     print(f"ray {ray.__version__}: package dir {size / 2**20:.0f} MiB (without its dependencies); "

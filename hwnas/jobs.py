@@ -220,7 +220,7 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
     ``board_wait_s``: how long a device kind may have no board answering before its rest is left.  With a
     ``fleet`` file the boards are its devices plus any ``device`` named other than the default."""
     from hwnas.devices import Store
-    from hwnas.devices.profile import ProtocolSettings, as_spec, profile_archs, require_available, stratified_sample
+    from hwnas.devices.profile import ProtocolSettings, as_spec, profile_archs, require_available
 
     devices = list(device) if isinstance(device, (list, tuple)) else [device]
     if fleet is not None or isinstance(device, (list, tuple)) or ray_address is not None:
@@ -231,9 +231,8 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
                               board_wait_s=board_wait_s)
     spec = as_spec(devices[0])
     require_available(spec)
-    net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
+    net, archs = _profile_sample(supernet, samples, weights, seed)
     fam = net.family
-    archs = stratified_sample(net.space, samples, seed, lambda a: fam.arch_cost(a)["macs"])
     settings = ProtocolSettings.from_mapping(spec.protocol)
     if time_cap_s is not None:
         settings = settings.replace(time_cap_s=time_cap_s)
@@ -249,12 +248,21 @@ def profile(device: Any = DEFAULT_DEVICE, supernet: Any = "mbv3_fmnist", samples
                          warnings=list(summary.get("warnings") or []), details=summary)
 
 
+def _profile_sample(supernet: Any, samples: int, weights: str | Path | None, seed: int) -> tuple[Any, list]:
+    """The supernet and the ``samples`` archs ``profile`` measures (stratified by MACs)."""
+    from hwnas.devices.profile import stratified_sample
+
+    net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
+    fam = net.family
+    return net, stratified_sample(net.space, samples, seed, lambda a: fam.arch_cost(a)["macs"])
+
+
 def _profile_fleet(devices: list, supernet: Any, samples: int, *, store: str | Path, weights: str | Path | None,
                    seed: int, time_cap_s: float | None, progress: Callable[[Any], None] | None,
                    fleet: str | Path | None, ray_address: str | None, board_wait_s: float) -> ProfileResult:
     """``profile`` over several boards on Ray; the devices given plus those of the ``fleet`` file."""
     from hwnas.devices import Store
-    from hwnas.devices.profile import as_spec, stratified_sample
+    from hwnas.devices.profile import as_spec
     from hwnas.fleet import load_fleet_file, profile_fleet
 
     specs = [as_spec(d) for d in devices]
@@ -262,9 +270,8 @@ def _profile_fleet(devices: list, supernet: Any, samples: int, *, store: str | P
         more, address = load_fleet_file(fleet)
         specs += more
         ray_address = ray_address or address
-    net = create_supernet(supernet, weights=weights, pretrained=weights is not None)
+    net, archs = _profile_sample(supernet, samples, weights, seed)
     fam = net.family
-    archs = stratified_sample(net.space, samples, seed, lambda a: fam.arch_cost(a)["macs"])
     with job_tempdir("hwnas-profile-") as tmp, Store(store) as st:
         builders: dict[int, Any] = {}
 

@@ -89,6 +89,11 @@ def combine_rounds(visits: Sequence[Measurement]) -> Measurement:
     )
 
 
+def measure_visits(backend: Any, s: ProtocolSettings) -> Measurement:
+    """``s.rounds`` back-to-back visits of one loaded model, as one measurement (``combine_rounds``)."""
+    return combine_rounds([backend.measure(visit_settings(s, r)) for r in range(max(int(s.rounds), 1))])
+
+
 def profile_archs(
     store: Store,
     spec: DeviceSpec | str,
@@ -342,7 +347,7 @@ def profile_onnx_file(
         input_shape = next(iter(input_shape.values()))
     with create_backend(spec, model=p, input_shape=input_shape) as backend:
         # with rounds > 1 the visits are back to back (there is nothing to interleave with)
-        m = combine_rounds([backend.measure(visit_settings(s, r)) for r in range(max(int(s.rounds), 1))])
+        m = measure_visits(backend, s)
         fp = getattr(backend, "last_fingerprint", None) or backend.fingerprint()
     rc = runtime_config(spec)
     out = {
@@ -434,5 +439,5 @@ def stratified_sample(
 
 
 __all__ = ["ModelBuilder", "ProfileError", "ProfileEvent", "ProtocolSettings", "anchor_key", "as_spec", "combine_rounds",
-           "file_arch_id", "measure_anchored", "profile_archs", "profile_onnx_file", "require_available", "stratified_sample",
+           "file_arch_id", "measure_anchored", "measure_visits", "profile_archs", "profile_onnx_file", "require_available", "stratified_sample",
            "visit_settings"]

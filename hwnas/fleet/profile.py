@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from hwnas.devices.backends import create_backend, fingerprint_for, get_backend_class, runtime_config
 from hwnas.devices.backends.base import LocalBackend
 from hwnas.devices.fingerprint import Fingerprint
-from hwnas.devices.profile import Arch, ProfileError, ProfileEvent, as_spec, combine_rounds, visit_settings
+from hwnas.devices.profile import Arch, ProfileError, ProfileEvent, as_spec, measure_visits
 from hwnas.devices.protocol import Measurement, ProtocolSettings
 from hwnas.devices.spec import DeviceSpec, DeviceSpecError, load_device
 from hwnas.devices.store import Store
@@ -87,7 +87,7 @@ class BoardWorker:
         try:
             path.write_bytes(payload)
             with create_backend(self.spec, model=path, input_shape=input_shape) as backend:
-                m = combine_rounds([backend.measure(visit_settings(s, r)) for r in range(max(int(s.rounds), 1))])
+                m = measure_visits(backend, s)
                 fp = getattr(backend, "last_fingerprint", None) or backend.fingerprint()
             return {"ok": True, "measurement": m.to_dict(), "fp_hash": fp.fp_hash, "pid": os.getpid(),
                     "seconds": time.perf_counter() - t0}

@@ -98,39 +98,36 @@ def evaluate_job(supernet: str, weights: str | None, arch: str | None, samples: 
     skipped = 0
     t0 = time.perf_counter()
     Path(store_path).parent.mkdir(parents=True, exist_ok=True)
-    if workers:
-        from hwnas.fleet.evaluate import evaluate_parallel
+    extra: dict = {}
+    with Store(store_path) as store:
+        if workers:  # on Ray workers; the same rows, written by this process as they arrive
+            from hwnas.fleet.evaluate import evaluate_parallel
 
-        with Store(store_path) as store:
             par = evaluate_parallel(store, supernet, weights, archs, weights_hash=net.weights_hash, space=net.space,
                                     split=split, n_images=n_images, data_dir=data_dir, data_split=data_split_arg,
                                     workers=workers, address=ray_address, progress=progress)
-        secs = time.perf_counter() - t0
-        accs = [par["accuracies"][net.space.arch_id(a)] for a in archs if net.space.arch_id(a) in par["accuracies"]]
-        return {"evaluated": par["evaluated"], "skipped": par["skipped"], "failed": par["failed"],
-                "retried": par["retried"], "workers": workers, "ray": par["ray"], "split": split,
-                "n_images": n_images, "seconds": round(secs, 1),
-                "archs_per_minute": par["evaluated"] / secs * 60 if par["evaluated"] else 0.0,
-                "acc_min": min(accs) if accs else None, "acc_median": statistics.median(accs) if accs else None,
-                "acc_max": max(accs) if accs else None,
-                "store": str(store_path), "supernet": supernet, "weights_hash": net.weights_hash}
-    with Store(store_path) as store:
-        done = {r["arch_id"]: r["accuracy"] for r in store.accuracies(net.weights_hash, split)}
-        for i, a in enumerate(archs):
-            aid = net.space.arch_id(a)
-            if aid in done:
-                skipped += 1
-                accs.append(done[aid])
-            else:
-                acc = evaluate_arch(net, a, data)
-                store.add_accuracy(net.weights_hash, aid, split, acc, n_images, arch=net.space.canonical(a),
-                                   supernet=supernet)
-                accs.append(acc)
-            if progress:
-                progress(i + 1)
+            got = par["accuracies"]
+            accs = [got[aid] for aid in map(net.space.arch_id, archs) if aid in got]
+            skipped, evaluated = par["skipped"], par["evaluated"]
+            extra = {"failed": par["failed"], "retried": par["retried"], "workers": workers, "ray": par["ray"]}
+        else:
+            done = {r["arch_id"]: r["accuracy"] for r in store.accuracies(net.weights_hash, split)}
+            for i, a in enumerate(archs):
+                aid = net.space.arch_id(a)
+                if aid in done:
+                    skipped += 1
+                    accs.append(done[aid])
+                else:
+                    acc = evaluate_arch(net, a, data)
+                    store.add_accuracy(net.weights_hash, aid, split, acc, n_images, arch=net.space.canonical(a),
+                                       supernet=supernet)
+                    accs.append(acc)
+                if progress:
+                    progress(i + 1)
+            evaluated = len(archs) - skipped
     secs = time.perf_counter() - t0
-    evaluated = len(archs) - skipped
-    return {"evaluated": evaluated, "skipped": skipped, "split": split, "n_images": n_images,
+    return {"evaluated": evaluated, "skipped": skipped, **extra, "split": split, "n_images": n_images,
             "seconds": round(secs, 1), "archs_per_minute": evaluated / secs * 60 if evaluated else 0.0,
-            "acc_min": min(accs), "acc_median": statistics.median(accs), "acc_max": max(accs),
+            "acc_min": min(accs) if accs else None, "acc_median": statistics.median(accs) if accs else None,
+            "acc_max": max(accs) if accs else None,
             "store": str(store_path), "supernet": supernet, "weights_hash": net.weights_hash}

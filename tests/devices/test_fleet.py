@@ -23,6 +23,7 @@ from hwnas.devices.store import Store
 ray = pytest.importorskip("ray")
 
 from hwnas.fleet import board_resource, load_fleet_file, profile_fleet  # noqa: E402
+from hwnas.fleet.cluster import LOCAL_NODE_IP  # noqa: E402
 
 TOKEN_ENV = "HWNAS_TEST_FLEET_TOKEN"
 BOARDS = ("board-0", "board-1", "board-2")
@@ -34,7 +35,7 @@ ARCHS = [(f"c{4 + i % 8}-s{8 + 2 * (i // 8)}", {"c": 4 + i % 8, "s": 8 + 2 * (i 
 def ray_local() -> Iterator[None]:
     """One local Ray instance for the module, declaring the boards' resources (as `ray start` would)."""
     ray.init(num_cpus=2, resources={board_resource(b): 1 for b in BOARDS}, include_dashboard=False,
-             log_to_driver=False, _node_ip_address="127.0.0.2")
+             log_to_driver=False, _node_ip_address=LOCAL_NODE_IP)
     try:
         yield
     finally:

@@ -14,6 +14,7 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 
 from hwnas.devices.store import Store  # noqa: E402
+from hwnas.fleet.cluster import LOCAL_NODE_IP  # noqa: E402
 from hwnas.supernet.accuracy import evaluate_job, open_eval_data, sample_archs  # noqa: E402
 from hwnas.supernet.registry import create_supernet  # noqa: E402
 
@@ -23,7 +24,7 @@ SUPERNET = "mbv3_fmnist"
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance for the module (the jobs reuse a connected driver)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.2")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address=LOCAL_NODE_IP)
     try:
         yield
     finally:
