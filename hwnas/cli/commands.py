@@ -243,17 +243,18 @@ def _profile_fleet_cmd(jobs, devices, fleet, ray_address, board_wait, supernet, 
 
     label = ", ".join(devices) or str(fleet)
     with progress_bar(f"profiling {label}", None, enabled=not json_) as update:
-        res = jobs.profile(devices or "ort-cpu-1t", supernet, samples, store=store, weights=weights, seed=seed,
+        res = jobs.profile(devices, supernet, samples, store=store, weights=weights, seed=seed,
                            time_cap_s=time_cap, fleet=fleet, ray_address=ray_address, board_wait_s=board_wait,
                            progress=lambda ev: tick(update, ev)).to_dict()
 
-    def human(d):
-        r, ray = d, d["ray"]
-        typer.echo(f"fleet of {len(d['boards'])} boards on Ray ({'a local instance, started in ' + format(ray['start_s'], '.1f') + ' s' if ray['local'] else ray['address']}): "
+    def human(r):
+        ray = r["ray"]
+        where = f"a local instance, started in {ray['start_s']:.1f} s" if ray["local"] else ray["address"]
+        typer.echo(f"fleet of {len(r['boards'])} boards on Ray ({where}): "
                    f"{r['measured']} measured, {r['skipped']} already in store, {len(r['failed'])} failed in "
                    f"{r['wall_s']:.0f} s ({r['subnets_per_min']:.1f} subnets/min); store {r['store']}")
-        for g in d["devices"]:
-            boards = ", ".join(f"{b} {d['boards'][b]['measured']}" for b in g["boards"])
+        for g in r["devices"]:
+            boards = ", ".join(f"{b} {r['boards'][b]['measured']}" for b in g["boards"])
             typer.echo(f"  {g['device']} ({g['runtime_config']}, isolated scale): {g['measured']} measured "
                        f"(by board: {boards})")
         for t in r["retries"]:
